@@ -1,0 +1,365 @@
+//! The chat's rules as a pure state machine: members, unique names, rooms, history and who hears
+//! what. No sockets and no clocks: the reactor feeds it events through the [`Handler`] trait and
+//! it answers through an [`Outbox`], so everything here is unit-tested without a network.
+
+pub mod protocol;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use mio::Token;
+use tungstenite::Utf8Bytes;
+
+use crate::handler::{CloseCode, Handler, Message, Outbox};
+use protocol::{ErrorCode, Event, MessageView, Rejection, Request, UserView, parse_request};
+
+/// The room everyone starts in unless the upgrade URL asks for another.
+pub const DEFAULT_ROOM: &str = "lobby";
+/// Longest nickname, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+/// Longest room name, in characters.
+pub const MAX_ROOM_CHARS: usize = 64;
+
+/// The whole chat: every member and every room.
+pub struct Chat {
+    /// How many message events each room keeps for newcomers.
+    history_limit: usize,
+    /// Members by connection.
+    members: HashMap<Token, Member>,
+    /// Every name in use, server-wide, so a nickname is unique.
+    names: HashMap<String, Token>,
+    /// Rooms by name. A room exists while it has members; its history goes with it.
+    rooms: HashMap<String, Room>,
+    /// The id the next member gets. Ids are never reused, unlike connection tokens.
+    next_id: u64,
+}
+
+/// One connected person.
+struct Member {
+    id: u64,
+    name: String,
+    room: String,
+}
+
+/// One room.
+#[derive(Default)]
+struct Room {
+    /// Members by id; ids grow with arrival, so iteration lists them in order of arrival.
+    members: BTreeMap<u64, Token>,
+    /// The last `history_limit` messages, oldest first.
+    history: VecDeque<Line>,
+}
+
+impl Room {
+    /// Sends one serialized event to every member but `except`. The event was serialized once;
+    /// each recipient gets a reference-counted handle to the same bytes.
+    fn broadcast<O: Outbox>(&self, except: Option<u64>, payload: Utf8Bytes, out: &mut O) {
+        for (&id, &recipient) in &self.members {
+            if Some(id) != except {
+                send_text(out, recipient, payload.clone());
+            }
+        }
+    }
+}
+
+/// A message kept in a room's history.
+struct Line {
+    from_id: u64,
+    from_name: String,
+    text: String,
+    ts: u64,
+}
+
+impl Chat {
+    pub fn new(history_limit: usize) -> Self {
+        Chat {
+            history_limit,
+            members: HashMap::new(),
+            names: HashMap::new(),
+            rooms: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Open connections, as the chat counts them.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Rooms that currently have members.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// A new member arrives, with the name and room its upgrade URL asked for.
+    fn join_server<O: Outbox>(&mut self, token: Token, target: &str, out: &mut O) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut problems = Vec::new();
+        let (wanted_name, wanted_room) = query_name_and_room(target);
+
+        let name = match wanted_name.map(|name| self.check_name(&name, None).map(|()| name)) {
+            Some(Ok(name)) => name,
+            Some(Err(rejection)) => {
+                problems.push(rejection);
+                guest_name(id)
+            }
+            None => guest_name(id),
+        };
+        let room = match wanted_room.map(|room| check_room(&room).map(|()| room)) {
+            Some(Ok(room)) => room,
+            Some(Err(rejection)) => {
+                problems.push(rejection);
+                DEFAULT_ROOM.to_owned()
+            }
+            None => DEFAULT_ROOM.to_owned(),
+        };
+
+        self.names.insert(name.clone(), token);
+        self.members.insert(token, Member { id, name, room: room.clone() });
+        self.enter_room(token, &room, out);
+        let welcome = self.room_snapshot(token, |member, users, history| Event::Welcome {
+            id: member.id,
+            name: &member.name,
+            room: &member.room,
+            users,
+            history,
+        });
+        send_text(out, token, welcome);
+        for problem in problems {
+            reject(out, token, &problem);
+        }
+    }
+
+    /// A member leaves the server: its room hears `left`, its name becomes free.
+    fn leave_server<O: Outbox>(&mut self, token: Token, out: &mut O) {
+        if let Some(member) = self.members.remove(&token) {
+            self.names.remove(&member.name);
+            self.leave_room(&member, out);
+        }
+    }
+
+    fn handle<O: Outbox>(&mut self, token: Token, request: Request<'_>, out: &mut O) {
+        match request {
+            Request::Message { text } => self.say(token, &text, out),
+            Request::Nick { name } => match self.check_name(&name, Some(token)) {
+                Ok(()) => self.rename(token, name.into_owned(), out),
+                Err(rejection) => reject(out, token, &rejection),
+            },
+            Request::Join { room } => match check_room(&room) {
+                Ok(()) => self.switch_room(token, room.into_owned(), out),
+                Err(rejection) => reject(out, token, &rejection),
+            },
+            Request::Who => {
+                let Some(member) = self.members.get(&token) else { return };
+                let users = self.users_of(&member.room);
+                send_text(out, token, Event::Users { room: &member.room, users }.to_json().into());
+            }
+            Request::Ping => send_text(out, token, Event::Pong.to_json().into()),
+        }
+    }
+
+    /// A chat message: kept in the room's history and sent to every other member of the room.
+    fn say<O: Outbox>(&mut self, token: Token, text: &str, out: &mut O) {
+        let Some(member) = self.members.get(&token) else { return };
+        let Some(room) = self.rooms.get_mut(&member.room) else { return };
+        let ts = out.unix_time_ms();
+        let view = MessageView {
+            room: &member.room,
+            from: UserView { id: member.id, name: &member.name },
+            text,
+            ts,
+        };
+        room.broadcast(Some(member.id), Event::Message(view).to_json().into(), out);
+        if self.history_limit > 0 {
+            if room.history.len() == self.history_limit {
+                room.history.pop_front();
+            }
+            room.history.push_back(Line {
+                from_id: member.id,
+                from_name: member.name.clone(),
+                text: text.to_owned(),
+                ts,
+            });
+        }
+    }
+
+    fn rename<O: Outbox>(&mut self, token: Token, name: String, out: &mut O) {
+        let Some(member) = self.members.get_mut(&token) else { return };
+        let old = std::mem::replace(&mut member.name, name.clone());
+        self.names.remove(&old);
+        self.names.insert(name, token);
+        let event = Event::Nick { id: member.id, old: &old, name: &member.name };
+        if let Some(room) = self.rooms.get(&member.room) {
+            room.broadcast(None, event.to_json().into(), out);
+        }
+    }
+
+    fn switch_room<O: Outbox>(&mut self, token: Token, room: String, out: &mut O) {
+        let Some(member) = self.members.get_mut(&token) else { return };
+        if member.room != room {
+            let old = std::mem::replace(&mut member.room, room.clone());
+            let leaving = Member { id: member.id, name: member.name.clone(), room: old };
+            self.leave_room(&leaving, out);
+            self.enter_room(token, &room, out);
+        }
+        let snapshot = self.room_snapshot(token, |member, users, history| Event::Room {
+            room: &member.room,
+            users,
+            history,
+        });
+        send_text(out, token, snapshot);
+    }
+
+    /// Adds the member to `room` (creating it) and tells the members already there.
+    fn enter_room<O: Outbox>(&mut self, token: Token, room: &str, out: &mut O) {
+        let Some(member) = self.members.get(&token) else { return };
+        let room = self.rooms.entry(room.to_owned()).or_default();
+        if !room.members.is_empty() {
+            let joined =
+                Event::Joined { room: &member.room, user: UserView { id: member.id, name: &member.name } };
+            room.broadcast(None, joined.to_json().into(), out);
+        }
+        room.members.insert(member.id, token);
+    }
+
+    /// Removes the member from its room, tells those who stay, and drops the room once empty.
+    fn leave_room<O: Outbox>(&mut self, member: &Member, out: &mut O) {
+        let Some(room) = self.rooms.get_mut(&member.room) else { return };
+        room.members.remove(&member.id);
+        if room.members.is_empty() {
+            self.rooms.remove(&member.room);
+            return;
+        }
+        let left = Event::Left { room: &member.room, user: UserView { id: member.id, name: &member.name } };
+        room.broadcast(None, left.to_json().into(), out);
+    }
+
+    /// Builds a `welcome` or `room` event: the member's room, its users and its history.
+    fn room_snapshot(
+        &self,
+        token: Token,
+        build: impl for<'a> FnOnce(&'a Member, Vec<UserView<'a>>, Vec<MessageView<'a>>) -> Event<'a>,
+    ) -> Utf8Bytes {
+        // Invariant: callers pass a token they have just inserted or looked up in `members`.
+        let member = &self.members[&token];
+        let history = self.rooms.get(&member.room).map(|room| {
+            room.history
+                .iter()
+                .map(|line| MessageView {
+                    room: &member.room,
+                    from: UserView { id: line.from_id, name: &line.from_name },
+                    text: &line.text,
+                    ts: line.ts,
+                })
+                .collect()
+        });
+        build(member, self.users_of(&member.room), history.unwrap_or_default()).to_json().into()
+    }
+
+    fn users_of(&self, room: &str) -> Vec<UserView<'_>> {
+        let Some(room) = self.rooms.get(room) else { return Vec::new() };
+        room.members
+            .values()
+            .filter_map(|token| self.members.get(token))
+            .map(|member| UserView { id: member.id, name: &member.name })
+            .collect()
+    }
+
+    /// Checks a wanted nickname: its shape, and that nobody else (`except` the asker) has it.
+    fn check_name(&self, name: &str, except: Option<Token>) -> Result<(), Rejection> {
+        let length = name.chars().count();
+        if length == 0 || length > MAX_NAME_CHARS || name.trim().is_empty() {
+            return Err(Rejection::new(
+                ErrorCode::InvalidName,
+                format!("a name has 1 to {MAX_NAME_CHARS} characters and is not blank"),
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(Rejection::new(ErrorCode::InvalidName, "a name has no control characters"));
+        }
+        if is_guest_name(name) {
+            return Err(Rejection::new(
+                ErrorCode::InvalidName,
+                "names like guest-7 are kept for the server to give out",
+            ));
+        }
+        match self.names.get(name) {
+            Some(&holder) if Some(holder) != except => {
+                Err(Rejection::new(ErrorCode::NameTaken, format!("the name `{name}` is taken")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Handler for Chat {
+    fn on_open<O: Outbox>(&mut self, connection: Token, target: &str, out: &mut O) {
+        self.join_server(connection, target, out);
+    }
+
+    fn on_message<O: Outbox>(&mut self, connection: Token, message: Message, out: &mut O) {
+        let Message::Text(text) = message else {
+            out.close(connection, CloseCode::Unsupported, "binary frames are not supported");
+            return;
+        };
+        match parse_request(&text) {
+            Ok(request) => self.handle(connection, request, out),
+            Err(rejection) => reject(out, connection, &rejection),
+        }
+    }
+
+    fn on_close<O: Outbox>(&mut self, connection: Token, out: &mut O) {
+        self.leave_server(connection, out);
+    }
+}
+
+fn send_text<O: Outbox>(out: &mut O, to: Token, payload: Utf8Bytes) {
+    out.send(to, Message::Text(payload));
+}
+
+fn reject<O: Outbox>(out: &mut O, to: Token, rejection: &Rejection) {
+    let event = Event::Error { code: rejection.code, message: &rejection.message };
+    send_text(out, to, event.to_json().into());
+}
+
+fn check_room(room: &str) -> Result<(), Rejection> {
+    let length = room.chars().count();
+    if length == 0 || length > MAX_ROOM_CHARS || room.trim().is_empty() {
+        return Err(Rejection::new(
+            ErrorCode::InvalidRoom,
+            format!("a room name has 1 to {MAX_ROOM_CHARS} characters and is not blank"),
+        ));
+    }
+    if room.chars().any(char::is_control) {
+        return Err(Rejection::new(ErrorCode::InvalidRoom, "a room name has no control characters"));
+    }
+    Ok(())
+}
+
+fn guest_name(id: u64) -> String {
+    format!("guest-{id}")
+}
+
+/// `guest-` followed by digits: the server's default names, which nobody may pick, so that a
+/// default name is always free.
+fn is_guest_name(name: &str) -> bool {
+    name.strip_prefix("guest-")
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit()))
+}
+
+/// The `name` and `room` query parameters of an upgrade request-target, percent-decoded.
+fn query_name_and_room(target: &str) -> (Option<String>, Option<String>) {
+    let query = target.split_once('?').map_or("", |(_, query)| query);
+    let (mut name, mut room) = (None, None);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "name" => name = Some(value.into_owned()),
+            "room" => room = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    (name, room)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,42 @@
+//! The seam between the reactor and an application: the reactor moves bytes and calls a
+//! [`Handler`]; the handler decides what to say and says it through an [`Outbox`].
+//!
+//! The chat ([`crate::chat::Chat`]) and the conformance echo server (`examples/echo.rs`) are two
+//! handlers on the same reactor.
+
+use mio::Token;
+pub use tungstenite::Message;
+pub use tungstenite::protocol::frame::coding::CloseCode;
+
+/// Where a handler's output goes. The reactor implements it over its connections; unit tests
+/// implement it over a `Vec`.
+pub trait Outbox {
+    /// Queues a message for one connection. It is written at the end of the loop iteration,
+    /// batched with everything else queued for that connection. Sending to a connection that is
+    /// closing or gone does nothing: the handler already heard of it through `on_close`.
+    fn send(&mut self, to: Token, message: Message);
+
+    /// Starts the close handshake with `code`. The handler's `on_close` follows for that
+    /// connection, within the same loop iteration.
+    fn close(&mut self, to: Token, code: CloseCode, reason: &'static str);
+
+    /// Wall-clock time of this loop iteration, in Unix milliseconds. Handlers never read the
+    /// clock themselves, so they stay deterministic under test.
+    fn unix_time_ms(&self) -> u64;
+}
+
+/// An application on the reactor. Every call happens on the reactor's one thread.
+pub trait Handler {
+    /// A WebSocket handshake completed. `target` is the request-target of the upgrade request
+    /// (path and query, e.g. `/chat?name=alice`).
+    fn on_open<O: Outbox>(&mut self, connection: Token, target: &str, out: &mut O);
+
+    /// A complete text or binary message arrived. Control frames never reach the handler: the
+    /// reactor answers pings and drives the close handshake itself.
+    fn on_message<O: Outbox>(&mut self, connection: Token, message: Message, out: &mut O);
+
+    /// The connection left, for whatever reason: its close frame, ours, a protocol error, a reset.
+    /// Called exactly once for every connection that got `on_open`; the token may be reused by a
+    /// new connection afterwards.
+    fn on_close<O: Outbox>(&mut self, connection: Token, out: &mut O);
+}

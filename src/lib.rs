@@ -1,0 +1,39 @@
+//! wschat: a WebSocket chat server on a hand-written, single-threaded epoll reactor (mio), with
+//! tungstenite doing the WebSocket handshake and framing. No async runtime.
+//!
+//! # Map of the crate
+//! - [`reactor`]: the event loop. Accepts sockets, routes HTTP requests, drives handshakes and
+//!   frames without blocking, batches writes, and hands complete messages to a handler.
+//!   - `reactor/accept.rs`: the listener, the 503 for clients over capacity, the spare
+//!     descriptor for `EMFILE`.
+//!   - `reactor/connection.rs`: one socket's phases (request, handshake, open, closing, reply).
+//!   - `reactor/connections.rs`: the slab of connections and the per-iteration work lists; the
+//!     [`handler::Outbox`] handlers write to.
+//!   - `reactor/route.rs`: what a complete request head becomes.
+//!   - `reactor/failure.rs`: the one place tungstenite errors are sorted.
+//! - [`handler`]: the seam between reactor and application ([`handler::Handler`],
+//!   [`handler::Outbox`]).
+//! - [`chat`]: the chat rules as a pure state machine (rooms, names, history, routing), and its
+//!   JSON wire format in [`chat::protocol`].
+//! - [`http`]: request-head parsing and responses for the pre-WebSocket stage.
+//! - [`config`]: every command-line flag and the tungstenite settings derived from them.
+//!
+//! # One loop iteration
+//! 1. `poll` waits until some socket is ready.
+//! 2. For each event: the listener accepts until `WouldBlock`; a connection reads until
+//!    `WouldBlock`. A complete message goes to the handler, which answers through the outbox:
+//!    each answer is serialized once and queued (not written) on every recipient.
+//! 3. Every connection with queued output is flushed once: one `write` carries all the frames
+//!    queued for it in this iteration. A full socket keeps its bytes and waits for WRITABLE.
+//! 4. Connections that finished are freed. Slots are only freed here, so a token seen in step 2
+//!    can never belong to a connection that arrived during the same iteration.
+
+pub mod chat;
+pub mod config;
+pub mod handler;
+pub mod http;
+pub mod reactor;
+
+pub use chat::Chat;
+pub use config::Config;
+pub use reactor::Reactor;

@@ -1,0 +1,191 @@
+//! One accepted socket and the phase of life it is in, from the first byte of its HTTP request to
+//! the end of its close handshake. The reactor drives the phases; this file holds their state and
+//! the non-blocking I/O each phase does on its own.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+
+use mio::net::TcpStream;
+use tungstenite::WebSocket;
+use tungstenite::handshake::MidHandshake;
+use tungstenite::handshake::server::{NoCallback, ServerHandshake};
+
+use super::socket::Socket;
+use crate::http::MAX_HEAD_BYTES;
+
+/// tungstenite's server handshake over our socket.
+pub type HandshakeRole = ServerHandshake<Socket, NoCallback>;
+/// The handshake, paused where the socket would have blocked.
+pub type PausedHandshake = MidHandshake<HandshakeRole>;
+
+/// One slot of the reactor's slab.
+pub struct Connection {
+    pub phase: Phase,
+    /// The peer's address, for the log.
+    pub peer: SocketAddr,
+    /// Whether the registered interest includes WRITABLE. It does only while output is waiting
+    /// for room in the socket's send buffer; otherwise every write would wake the loop for nothing.
+    pub wants_writable: bool,
+    /// Whether the token is already in this iteration's flush list.
+    pub flush_queued: bool,
+    /// Whether this connection was admitted as a WebSocket and counts against
+    /// `--max-connections` (from the moment its upgrade request is accepted until it is freed).
+    pub counted: bool,
+}
+
+/// Where a connection is in its life.
+pub enum Phase {
+    /// Reading the HTTP request head, to route it.
+    Request(Box<RequestState>),
+    /// tungstenite's handshake could not finish writing its 101 response; resumed when writable.
+    Handshake(Box<HandshakeState>),
+    /// A WebSocket the handler knows about.
+    Open(WebSocket<Socket>),
+    /// The close handshake is under way (started by either side); the handler has already been
+    /// told the connection left. Data frames that still arrive are discarded.
+    Closing(WebSocket<Socket>),
+    /// Writing a whole HTTP response, then waiting for the peer to hang up.
+    Reply(Box<ReplyState>),
+    /// Finished. The socket is closed and the slot is freed at the end of this loop iteration; it
+    /// is not freed at once so that a later event of the same iteration cannot reach a new
+    /// connection that took the slot.
+    Done,
+}
+
+pub struct RequestState {
+    pub stream: TcpStream,
+    /// Bytes of the request head received so far.
+    pub head: Vec<u8>,
+}
+
+pub struct HandshakeState {
+    pub handshake: PausedHandshake,
+    /// The upgrade request's target (path and query), for the handler's `on_open`.
+    pub target: String,
+}
+
+pub struct ReplyState {
+    pub stream: TcpStream,
+    pub response: Vec<u8>,
+    /// How much of `response` is written.
+    pub written: usize,
+}
+
+/// What reading a request head came to.
+pub enum HeadRead {
+    /// Everything available was read; parse what is there.
+    Drained,
+    /// The peer closed its side after sending what is there (`shutdown(SHUT_WR)`, as some
+    /// command-line clients do): a plain request still deserves its response.
+    PeerClosed,
+    /// The socket broke.
+    Gone,
+}
+
+/// What a flush came to.
+pub enum Flushed {
+    /// Everything queued is written.
+    All,
+    /// The socket's send buffer is full; the rest waits for WRITABLE.
+    Blocked,
+    /// The connection has said its last word (close handshake finished, or a reply fully written
+    /// and the peer gone): free it.
+    Finished,
+    /// The connection broke.
+    Failed(String),
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, peer: SocketAddr) -> Self {
+        let request = RequestState { stream, head: Vec::new() };
+        Connection {
+            phase: Phase::Request(Box::new(request)),
+            peer,
+            wants_writable: false,
+            flush_queued: false,
+            counted: false,
+        }
+    }
+
+    /// The TCP stream, whichever phase holds it (none once `Done`).
+    pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
+        match &mut self.phase {
+            Phase::Request(request) => Some(&mut request.stream),
+            Phase::Handshake(handshake) => Some(handshake.handshake.get_mut().get_mut().stream_mut()),
+            Phase::Open(websocket) | Phase::Closing(websocket) => Some(websocket.get_mut().stream_mut()),
+            Phase::Reply(reply) => Some(&mut reply.stream),
+            Phase::Done => None,
+        }
+    }
+}
+
+impl RequestState {
+    /// Reads until `WouldBlock` (edge-triggered readiness must be drained) or until the head
+    /// buffer holds `MAX_HEAD_BYTES`, the most the parser will look at.
+    pub fn read_until_would_block(&mut self) -> HeadRead {
+        let mut chunk = [0u8; 4096];
+        while self.head.len() < MAX_HEAD_BYTES {
+            let room = (MAX_HEAD_BYTES - self.head.len()).min(chunk.len());
+            match self.stream.read(&mut chunk[..room]) {
+                Ok(0) => return HeadRead::PeerClosed,
+                Ok(count) => self.head.extend_from_slice(&chunk[..count]),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return HeadRead::Gone,
+            }
+        }
+        HeadRead::Drained
+    }
+}
+
+impl ReplyState {
+    /// Writes what is left of the response; once all of it is out, shuts down our side so the
+    /// peer sees the end of the response.
+    pub fn write_until_would_block(&mut self) -> Flushed {
+        while self.written < self.response.len() {
+            match self.stream.write(&self.response[self.written..]) {
+                Ok(0) => return Flushed::Failed("peer stopped reading".to_owned()),
+                Ok(count) => self.written += count,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Flushed::Blocked,
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => return Flushed::Failed(error.to_string()),
+            }
+        }
+        // Half-close rather than close: closing a socket with unread input makes the kernel send
+        // a reset, which can destroy the response before the peer reads it. The peer closes its
+        // side once it has read the response (`Connection: close`), and `discard_input` sees that
+        // (now, if the peer closed already: that end-of-file will not raise another event).
+        match self.stream.shutdown(Shutdown::Write) {
+            Ok(()) => self.discard_input(),
+            Err(error) if error.kind() == ErrorKind::NotConnected => Flushed::Finished,
+            Err(error) => Flushed::Failed(error.to_string()),
+        }
+    }
+
+    pub fn is_written(&self) -> bool {
+        self.written == self.response.len()
+    }
+
+    /// Reads and drops whatever the peer still sends after its request, until `WouldBlock`.
+    /// Returns `Finished` once the peer has closed its side.
+    pub fn discard_input(&mut self) -> Flushed {
+        let mut sink = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut sink) {
+                Ok(0) => return Flushed::Finished,
+                Ok(_) => continue,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Flushed::All,
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => return Flushed::Failed(error.to_string()),
+            }
+        }
+    }
+}
+
+/// Writes a canned response to a socket the server will not keep (over capacity or out of file
+/// descriptors), without waiting: a fresh socket's send buffer has room for it, and if not, the
+/// client just sees the connection close.
+pub fn refuse(mut stream: TcpStream, response: &[u8]) -> io::Result<()> {
+    stream.write_all(response)?;
+    stream.shutdown(Shutdown::Write)
+}

@@ -1,0 +1,146 @@
+//! The reactor's table of connections and the work queued on them during one loop iteration:
+//! frames to flush and connections to end. It is also the [`Outbox`] handlers write to.
+
+use log::{debug, warn};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+use tungstenite::Error;
+
+use super::connection::{Connection, Phase};
+use super::failure::{Failure, classify};
+use crate::handler::{CloseCode, Message, Outbox};
+
+/// How a connection is to end.
+#[derive(Debug, Clone, Copy)]
+pub enum Ending {
+    /// We start the close handshake with this code (RFC 6455 section 7.4.1) and wait for the
+    /// peer's close frame.
+    Close(CloseCode, &'static str),
+    /// The peer started the close handshake; tungstenite has queued our reply.
+    PeerClosed,
+    /// The socket is closed at once: the peer vanished, broke the protocol beyond repair, or
+    /// finished its close handshake.
+    Drop,
+}
+
+pub struct Connections {
+    /// Every socket the server holds. The slab key is the connection's `mio::Token`.
+    pub slab: Slab<Connection>,
+    registry: Registry,
+    /// Connections with output queued this iteration, flushed once at its end, so that one
+    /// `write` carries every frame queued for a connection in that iteration.
+    pub to_flush: Vec<Token>,
+    /// Connections to end, with how; the reactor works through them between handler calls (a
+    /// handler never ends a connection in the middle of its own call).
+    pub to_end: Vec<(Token, Ending)>,
+    /// Connections that are `Done`, whose slots are freed at the end of the iteration.
+    pub finished: Vec<Token>,
+    /// Connections counted against `--max-connections`.
+    pub websockets: usize,
+    /// This iteration's wall-clock time, for handlers.
+    pub unix_time_ms: u64,
+}
+
+impl Connections {
+    pub fn new(registry: Registry) -> Self {
+        Connections {
+            slab: Slab::new(),
+            registry,
+            to_flush: Vec::new(),
+            to_end: Vec::new(),
+            finished: Vec::new(),
+            websockets: 0,
+            unix_time_ms: 0,
+        }
+    }
+
+    /// Puts the connection on this iteration's flush list, once.
+    pub fn queue_flush(&mut self, token: Token) {
+        if let Some(connection) = self.slab.get_mut(token.0)
+            && !connection.flush_queued
+        {
+            connection.flush_queued = true;
+            self.to_flush.push(token);
+        }
+    }
+
+    /// Adds or removes WRITABLE from the connection's interest, if that changes anything.
+    pub fn set_writable(&mut self, token: Token, writable: bool) {
+        let Some(connection) = self.slab.get_mut(token.0) else { return };
+        if connection.wants_writable == writable {
+            return;
+        }
+        let interest = if writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        let Some(stream) = connection.stream_mut() else { return };
+        match self.registry.reregister(stream, token, interest) {
+            Ok(()) => connection.wants_writable = writable,
+            Err(error) => {
+                warn!("connection {}: cannot change its poll interest: {error}", token.0);
+                self.to_end.push((token, Ending::Drop));
+            }
+        }
+    }
+
+    /// Closes the socket now and marks the slot `Done`; the slot itself is freed by `reap`.
+    /// Releasing twice is harmless: `reap` frees a slot once however often it is listed.
+    pub fn release(&mut self, token: Token) {
+        let Some(connection) = self.slab.get_mut(token.0) else { return };
+        if let Some(stream) = connection.stream_mut() {
+            // Closing the descriptor would remove it from the epoll set anyway; deregistering
+            // first says so explicitly.
+            if let Err(error) = self.registry.deregister(stream) {
+                debug!("connection {}: deregister failed: {error}", token.0);
+            }
+            debug!("connection {} from {} closed", token.0, connection.peer);
+        }
+        if connection.counted {
+            connection.counted = false;
+            self.websockets -= 1;
+        }
+        connection.phase = Phase::Done;
+        self.finished.push(token);
+    }
+
+    /// Frees the slots of connections that finished during this iteration.
+    pub fn reap(&mut self) {
+        for token in self.finished.drain(..) {
+            self.slab.try_remove(token.0);
+        }
+    }
+}
+
+impl Outbox for Connections {
+    fn send(&mut self, to: Token, message: Message) {
+        let Some(connection) = self.slab.get_mut(to.0) else { return };
+        let Phase::Open(websocket) = &mut connection.phase else { return };
+        match websocket.write(message) {
+            Ok(()) => {}
+            Err(Error::WriteBufferFull(_)) => {
+                warn!(
+                    "connection {} from {}: send buffer full, disconnecting a slow reader",
+                    to.0, connection.peer
+                );
+                self.to_end.push((to, Ending::Close(CloseCode::Policy, "send buffer full")));
+                return;
+            }
+            Err(error) => match classify(error) {
+                // The frame is queued; the flush at the end of the iteration retries the write.
+                Failure::WouldBlock => {}
+                failure => {
+                    debug!("connection {}: write failed: {failure}", to.0);
+                    self.to_end.push((to, Ending::Drop));
+                    return;
+                }
+            },
+        }
+        self.queue_flush(to);
+    }
+
+    fn close(&mut self, to: Token, code: CloseCode, reason: &'static str) {
+        self.to_end.push((to, Ending::Close(code, reason)));
+    }
+
+    fn unix_time_ms(&self) -> u64 {
+        self.unix_time_ms
+    }
+}

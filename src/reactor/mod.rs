@@ -1,0 +1,375 @@
+//! The event loop: one thread, one `mio::Poll`, every socket in one slab. It accepts connections,
+//! routes their HTTP requests, drives tungstenite's handshakes and frames without ever blocking,
+//! and hands complete messages to a [`Handler`].
+//!
+//! Every socket is registered edge-triggered, so each readiness event is drained until
+//! `WouldBlock` (mio's "Draining readiness" rule), and any event may be spurious, so every
+//! handler of one tolerates finding nothing to do ("Spurious events").
+
+mod accept;
+mod connection;
+mod connections;
+mod failure;
+mod route;
+mod socket;
+mod throttle;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+use crate::config::Config;
+use crate::handler::Handler;
+use crate::http;
+use accept::Acceptor;
+use connection::{Connection, Flushed, HandshakeState, HeadRead, Phase, ReplyState};
+use connections::{Connections, Ending};
+use failure::{Failure, classify};
+use route::{Route, route};
+use socket::Socket;
+use throttle::Throttle;
+
+/// The listener's token. Connection tokens are slab keys, which count up from 0, so the
+/// listener takes the other end of the range.
+const LISTENER: Token = Token(usize::MAX);
+
+/// How many readiness events one `poll` call may return.
+const EVENTS_PER_POLL: usize = 1024;
+
+/// A server: the poll, the listener, the connections and the application.
+pub struct Reactor<H> {
+    poll: Poll,
+    acceptor: Acceptor,
+    handler: H,
+    connections: Connections,
+    websocket_config: WebSocketConfig,
+    max_connections: usize,
+    /// Keeps "connection limit reached" from flooding the log.
+    capacity_warnings: Throttle,
+}
+
+impl<H: Handler> Reactor<H> {
+    /// Binds the listener and prepares the loop. Errors here are fatal to the server.
+    pub fn bind(config: &Config, handler: H) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.bind)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let connections = Connections::new(poll.registry().try_clone()?);
+        // Room beyond `--max-connections` for sockets still sending their request, so that
+        // clients over the limit can be told 503 rather than left hanging.
+        let max_sockets = config.max_connections.saturating_add(256);
+        Ok(Reactor {
+            poll,
+            acceptor: Acceptor::new(listener, max_sockets),
+            handler,
+            connections,
+            websocket_config: config.websocket(),
+            max_connections: config.max_connections,
+            capacity_warnings: Throttle::new(Duration::from_secs(1)),
+        })
+    }
+
+    /// The address the listener is bound to (useful after binding port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.acceptor.local_addr()
+    }
+
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Runs the loop until an unrecoverable error.
+    pub fn run(&mut self) -> io::Result<()> {
+        info!("listening on {}", self.local_addr()?);
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        loop {
+            self.turn(&mut events)?;
+        }
+    }
+
+    /// One iteration of the loop:
+    /// 1. wait for readiness;
+    /// 2. handle each event: accept, read, hand messages to the handler, which queues output;
+    /// 3. flush every connection that has output, once;
+    /// 4. free the slots of connections that finished.
+    fn turn(&mut self, events: &mut Events) -> io::Result<()> {
+        if let Err(error) = self.poll.poll(events, None) {
+            return if error.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(error) };
+        }
+        self.connections.unix_time_ms = unix_time_ms();
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept_until_would_block(),
+                token => self.ready(token),
+            }
+        }
+        self.flush_queued();
+        self.connections.reap();
+        Ok(())
+    }
+
+    fn accept_until_would_block(&mut self) {
+        while let Some((stream, peer)) = self.acceptor.accept(self.connections.slab.len()) {
+            let entry = self.connections.slab.vacant_entry();
+            let token = Token(entry.key());
+            let mut connection = Connection::new(stream, peer);
+            let Some(stream) = connection.stream_mut() else { continue };
+            if let Err(error) = self.poll.registry().register(stream, token, Interest::READABLE) {
+                warn!("cannot register a connection from {peer}: {error}");
+                continue;
+            }
+            entry.insert(connection);
+            debug!("connection {} from {peer} accepted", token.0);
+        }
+    }
+
+    /// Handles a readiness event for a connection, whatever phase it is in. The event may be
+    /// spurious; each phase's handler finds out by hitting `WouldBlock`.
+    fn ready(&mut self, token: Token) {
+        // The slot may have been freed by an earlier event of this iteration: then it is `Done`
+        // (slots are only freed after all events are handled), or, from an earlier iteration,
+        // already gone.
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        match &connection.phase {
+            Phase::Request(_) => self.read_request(token),
+            Phase::Handshake(_) => self.resume_handshake(token),
+            Phase::Open(_) | Phase::Closing(_) => {
+                self.read_until_would_block(token);
+                // The event may also mean the socket is writable again.
+                self.connections.queue_flush(token);
+            }
+            Phase::Reply(_) => self.discard_reply_input(token),
+            Phase::Done => {}
+        }
+    }
+
+    /// Reads the request head; once complete, routes it.
+    fn read_request(&mut self, token: Token) {
+        let Some(Phase::Request(request)) = self.connections.slab.get_mut(token.0).map(|c| &mut c.phase) else {
+            return;
+        };
+        let read = request.read_until_would_block();
+        let route = match read {
+            HeadRead::Gone => return self.end(token, Ending::Drop),
+            HeadRead::Drained | HeadRead::PeerClosed => {
+                route(&request.head, self.connections.websockets >= self.max_connections)
+            }
+        };
+        match (route, read) {
+            // A WebSocket client never half-closes, and an incomplete head will not complete.
+            (Route::Wait | Route::Upgrade { .. }, HeadRead::PeerClosed) => self.end(token, Ending::Drop),
+            (Route::Wait, _) => {}
+            (Route::Upgrade { target }, _) => self.start_handshake(token, target),
+            (Route::Respond(response), _) => self.reply(token, response),
+            (Route::AtCapacity, _) => {
+                if let Some(suppressed) = self.capacity_warnings.allow(Instant::now()) {
+                    warn!(
+                        "{} connections, the limit: answering 503 ({suppressed} more since the last warning)",
+                        self.max_connections
+                    );
+                }
+                self.reply(token, http::plain(503, "Service Unavailable", "too many connections\n"));
+            }
+        }
+    }
+
+    /// Hands the request head, replayed, to tungstenite's server handshake.
+    fn start_handshake(&mut self, token: Token, target: String) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        let Phase::Request(request) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
+        connection.counted = true;
+        self.connections.websockets += 1;
+        let socket = Socket::new(request.stream, request.head);
+        let result = tungstenite::accept_with_config(socket, Some(self.websocket_config));
+        self.continue_handshake(token, target, result);
+    }
+
+    fn resume_handshake(&mut self, token: Token) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        let Phase::Handshake(paused) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
+        let HandshakeState { handshake, target } = *paused;
+        self.continue_handshake(token, target, handshake.handshake());
+    }
+
+    fn continue_handshake(
+        &mut self,
+        token: Token,
+        target: String,
+        result: Result<WebSocket<Socket>, HandshakeError<connection::HandshakeRole>>,
+    ) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        match result {
+            Ok(websocket) => {
+                connection.phase = Phase::Open(websocket);
+                self.connections.set_writable(token, false);
+                debug!("connection {} opened a WebSocket at {target}", token.0);
+                self.handler.on_open(token, &target, &mut self.connections);
+                self.settle();
+            }
+            Err(HandshakeError::Interrupted(handshake)) => {
+                // Only the 101 response can be left to write: the head was complete before the
+                // handshake started. Wait until the socket takes more.
+                connection.phase = Phase::Handshake(Box::new(HandshakeState { handshake, target }));
+                self.connections.set_writable(token, true);
+            }
+            Err(HandshakeError::Failure(error)) => {
+                // tungstenite dropped the socket with the failed handshake; only the slot is left.
+                debug!("connection {}: handshake failed: {error}", token.0);
+                self.connections.release(token);
+            }
+        }
+    }
+
+    /// Reads frames until `WouldBlock`, handing each complete message to the handler.
+    fn read_until_would_block(&mut self, token: Token) {
+        loop {
+            let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+            let (websocket, open) = match &mut connection.phase {
+                Phase::Open(websocket) => (websocket, true),
+                Phase::Closing(websocket) => (websocket, false),
+                _ => return,
+            };
+            match websocket.read() {
+                Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
+                    if open {
+                        self.handler.on_message(token, message, &mut self.connections);
+                        self.settle();
+                    }
+                }
+                // tungstenite queued the pong; the flush at the end of the iteration sends it.
+                Ok(Message::Ping(_)) => self.connections.queue_flush(token),
+                Ok(Message::Pong(_) | Message::Frame(_)) => {}
+                // tungstenite queued the reply to the peer's close frame; the next read flushes it
+                // and reports the handshake complete.
+                Ok(Message::Close(_)) => self.end(token, Ending::PeerClosed),
+                Err(error) => match classify(error) {
+                    Failure::WouldBlock => return,
+                    Failure::Interrupted => {}
+                    Failure::Closed => return self.end(token, Ending::Drop),
+                    Failure::Violation(code, reason) if open => {
+                        debug!("connection {}: {reason}; closing with {code}", token.0);
+                        return self.end(token, Ending::Close(code, reason));
+                    }
+                    failure => {
+                        debug!("connection {}: {failure}", token.0);
+                        return self.end(token, Ending::Drop);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Switches the connection to answering a plain HTTP request with `response`.
+    fn reply(&mut self, token: Token, response: Vec<u8>) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        let Phase::Request(request) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
+        let reply = ReplyState { stream: request.stream, response, written: 0 };
+        connection.phase = Phase::Reply(Box::new(reply));
+        self.connections.queue_flush(token);
+    }
+
+    fn discard_reply_input(&mut self, token: Token) {
+        let Some(Phase::Reply(reply)) = self.connections.slab.get_mut(token.0).map(|c| &mut c.phase) else {
+            return;
+        };
+        match reply.discard_input() {
+            Flushed::All | Flushed::Blocked => self.connections.queue_flush(token),
+            Flushed::Finished | Flushed::Failed(_) => self.end(token, Ending::Drop),
+        }
+    }
+
+    /// Ends a connection as `ending` says, and tells the handler if it knew the connection.
+    fn end(&mut self, token: Token, ending: Ending) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        let was_open = matches!(connection.phase, Phase::Open(_));
+        match ending {
+            Ending::Close(code, reason) if was_open => {
+                let Phase::Open(mut websocket) = std::mem::replace(&mut connection.phase, Phase::Done) else {
+                    return;
+                };
+                let frame = CloseFrame { code, reason: reason.into() };
+                let queued = match websocket.close(Some(frame)) {
+                    Ok(()) => true,
+                    Err(error) => matches!(classify(error), Failure::WouldBlock),
+                };
+                connection.phase = Phase::Closing(websocket);
+                if queued {
+                    self.connections.queue_flush(token);
+                } else {
+                    // No room even for the close frame (a slow reader's full buffer): just drop.
+                    self.connections.release(token);
+                }
+            }
+            Ending::PeerClosed if was_open => {
+                let Phase::Open(websocket) = std::mem::replace(&mut connection.phase, Phase::Done) else {
+                    return;
+                };
+                connection.phase = Phase::Closing(websocket);
+                self.connections.queue_flush(token);
+            }
+            Ending::Close(..) | Ending::PeerClosed => {}
+            Ending::Drop => self.connections.release(token),
+        }
+        if was_open {
+            self.handler.on_close(token, &mut self.connections);
+            self.settle();
+        }
+    }
+
+    /// Ends every connection that a handler call or a failed write asked to end. Ending one may
+    /// end others (a `left` broadcast can overflow a slow reader), so this runs until quiet.
+    fn settle(&mut self) {
+        while let Some((token, ending)) = self.connections.to_end.pop() {
+            self.end(token, ending);
+        }
+    }
+
+    /// Step 3 of the loop: one flush per connection with queued output. A connection whose socket
+    /// is full keeps its bytes and waits for WRITABLE; once drained it goes back to READABLE only.
+    fn flush_queued(&mut self) {
+        // Flushing can end connections, and ending one queues output for others (their room
+        // hears `left`), so the list may grow while it is walked.
+        let mut index = 0;
+        while let Some(&token) = self.connections.to_flush.get(index) {
+            index += 1;
+            let Some(connection) = self.connections.slab.get_mut(token.0) else { continue };
+            connection.flush_queued = false;
+            let flushed = match &mut connection.phase {
+                Phase::Open(websocket) | Phase::Closing(websocket) => match websocket.flush() {
+                    Ok(()) => Flushed::All,
+                    Err(error) => match classify(error) {
+                        Failure::WouldBlock => Flushed::Blocked,
+                        Failure::Closed => Flushed::Finished,
+                        failure => Flushed::Failed(failure.to_string()),
+                    },
+                },
+                Phase::Reply(reply) if !reply.is_written() => reply.write_until_would_block(),
+                Phase::Reply(_) => Flushed::All,
+                _ => continue,
+            };
+            match flushed {
+                Flushed::All => self.connections.set_writable(token, false),
+                Flushed::Blocked => self.connections.set_writable(token, true),
+                Flushed::Finished => self.end(token, Ending::Drop),
+                Flushed::Failed(reason) => {
+                    debug!("connection {}: flush failed: {reason}", token.0);
+                    self.end(token, Ending::Drop);
+                }
+            }
+            self.settle();
+        }
+        self.connections.to_flush.clear();
+    }
+}
+
+fn unix_time_ms() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,56 @@
+//! A connection's TCP stream as tungstenite sees it: the request head that the reactor already
+//! read (to route the request) is replayed first, then reads go to the socket.
+
+use std::io::{self, Read, Write};
+
+use mio::net::TcpStream;
+
+/// A non-blocking TCP stream with a replay buffer in front of its read side.
+pub struct Socket {
+    stream: TcpStream,
+    /// Bytes read from the socket before the WebSocket handshake started: exactly the request
+    /// head, which tungstenite's server handshake parses again. Empty (and unallocated) once
+    /// replayed, which is every connection's state after its handshake.
+    replay: Vec<u8>,
+    /// How much of `replay` tungstenite has consumed.
+    replayed: usize,
+}
+
+impl Socket {
+    pub fn new(stream: TcpStream, replay: Vec<u8>) -> Self {
+        Socket { stream, replay, replayed: 0 }
+    }
+
+    /// The stream, for (re)registering with the poll.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let remaining = self.replay.get(self.replayed..).unwrap_or_default();
+        if remaining.is_empty() {
+            return self.stream.read(buffer);
+        }
+        let count = remaining.len().min(buffer.len());
+        buffer[..count].copy_from_slice(&remaining[..count]);
+        self.replayed += count;
+        if self.replayed == self.replay.len() {
+            // Free the head now: an idle connection should cost as little memory as possible.
+            self.replay = Vec::new();
+            self.replayed = 0;
+        }
+        Ok(count)
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.stream.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
