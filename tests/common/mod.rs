@@ -1,0 +1,266 @@
+//! Test harness: runs the real `wschat` binary on port 0 and talks to it over loopback with
+//! tungstenite's blocking client. Every wait has a deadline; nothing sleeps for a fixed time.
+
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+/// How long any single wait may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A running server process, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    /// The server's log lines, as they arrive.
+    log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `wschat --bind 127.0.0.1:0 ARGS...` and waits for the log line naming the port.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_binary(env!("CARGO_BIN_EXE_wschat"), args)
+    }
+
+    pub fn start_binary(binary: &str, args: &[&str]) -> Server {
+        let mut child = Command::new(binary)
+            .args(["--bind", "127.0.0.1:0", "--log-level", "debug"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the server binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (sender, log) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server { child, addr: "0.0.0.0:0".parse().unwrap(), log };
+        let line = server.wait_for_log("listening on");
+        let address = line.rsplit("listening on ").next().unwrap().trim();
+        server.addr = address.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"));
+        server
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?} within {DEADLINE:?}"),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, target: &str) -> String {
+        format!("ws://{}{}", self.addr, target)
+    }
+
+    /// Connects a chat client and returns it with its welcome event.
+    pub fn join(&self, target: &str) -> (Client, Value) {
+        let mut client = Client::connect(self, target);
+        let welcome = client.recv_json();
+        assert_eq!(welcome["type"], "welcome", "first event is the welcome: {welcome}");
+        (client, welcome)
+    }
+
+    /// Sends a raw HTTP request and returns the whole response (the server closes after it).
+    pub fn http(&self, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.write_all(request).unwrap();
+        let mut response = Vec::new();
+        match stream.read_to_end(&mut response) {
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::ConnectionReset && !response.is_empty() => {}
+            Err(error) => panic!("reading the response: {error}"),
+        }
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    /// Returns whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking WebSocket client with read deadlines.
+pub struct Client {
+    pub socket: WebSocket<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(server: &Server, target: &str) -> Client {
+        let stream = TcpStream::connect(server.addr).expect("connect to the server");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (socket, response) =
+            tungstenite::client(server.url(target), stream).expect("WebSocket handshake");
+        assert_eq!(response.status(), 101);
+        Client { socket }
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.socket.send(Message::text(text)).expect("send a text frame");
+    }
+
+    pub fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string());
+    }
+
+    /// The next text frame as JSON; fails the test if none arrives within the deadline.
+    pub fn recv_json(&mut self) -> Value {
+        loop {
+            match self.socket.read() {
+                Ok(Message::Text(text)) => return serde_json::from_str(&text).expect("server sends JSON"),
+                Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                Ok(other) => panic!("expected a text frame, got {other:?}"),
+                Err(error) => panic!("expected a text frame, got error {error}"),
+            }
+        }
+    }
+
+    /// Reads events until one has `type` equal to `kind`, returning it; others are skipped.
+    pub fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let event = self.recv_json();
+            if event["type"] == kind {
+                return event;
+            }
+        }
+    }
+
+    /// Proves nothing else is queued for this client: an application ping's pong must be the
+    /// very next event.
+    pub fn assert_nothing_pending(&mut self) {
+        self.send_json(serde_json::json!({"type": "ping"}));
+        let next = self.recv_json();
+        assert_eq!(next["type"], "pong", "unexpected event before the pong: {next}");
+    }
+
+    /// Waits for the server's close frame and returns it.
+    pub fn expect_close(&mut self) -> CloseFrame {
+        loop {
+            match self.socket.read() {
+                Ok(Message::Close(Some(frame))) => return frame,
+                Ok(Message::Close(None)) => panic!("close frame without a code"),
+                Ok(_) => {}
+                Err(error) => panic!("expected a close frame, got error {error}"),
+            }
+        }
+    }
+}
+
+/// A raw TCP connection that has done the WebSocket handshake by hand, for sending frames a
+/// well-behaved client never would.
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    pub fn connect(server: &Server, target: &str) -> RawClient {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            server.addr
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        // Read the 101 response head byte by byte so no frame bytes are swallowed.
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("read the handshake response");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        RawClient { stream }
+    }
+
+    /// Sends one masked frame (clients must mask) with the given first byte (FIN, RSV, opcode).
+    pub fn send_frame(&mut self, first_byte: u8, payload: &[u8]) {
+        self.stream.write_all(&masked_frame(first_byte, payload)).unwrap();
+    }
+
+    /// Reads one server frame (unmasked) and returns (opcode, payload).
+    pub fn read_frame(&mut self) -> (u8, Vec<u8>) {
+        let mut header = [0u8; 2];
+        self.stream.read_exact(&mut header).expect("read a frame header");
+        let length = match header[1] & 0x7f {
+            126 => {
+                let mut extended = [0u8; 2];
+                self.stream.read_exact(&mut extended).unwrap();
+                u16::from_be_bytes(extended) as usize
+            }
+            127 => {
+                let mut extended = [0u8; 8];
+                self.stream.read_exact(&mut extended).unwrap();
+                u64::from_be_bytes(extended) as usize
+            }
+            short => short as usize,
+        };
+        let mut payload = vec![0u8; length];
+        self.stream.read_exact(&mut payload).unwrap();
+        (header[0] & 0x0f, payload)
+    }
+
+    /// Reads frames until a close frame, returning its code.
+    pub fn read_close_code(&mut self) -> u16 {
+        loop {
+            let (opcode, payload) = self.read_frame();
+            if opcode == 0x8 {
+                assert!(payload.len() >= 2, "close frame without a code");
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+}
+
+/// Encodes a masked client frame.
+pub fn masked_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![first_byte];
+    match payload.len() {
+        length @ 0..=125 => frame.push(0x80 | length as u8),
+        length @ 126..=0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(length as u16).to_be_bytes());
+        }
+        length => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(length as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(index, byte)| byte ^ mask[index % 4]));
+    frame
+}

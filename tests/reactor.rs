@@ -1,0 +1,281 @@
+//! The reactor's promises, over real sockets: close codes for protocol violations, the close
+//! handshake, peers that vanish, half-sent requests, many clients, limits and plain HTTP.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+
+use common::{Client, DEADLINE, RawClient, Server};
+use serde_json::json;
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+const TEXT: u8 = 0x81;
+const BINARY: u8 = 0x82;
+
+#[test]
+fn binary_frames_close_with_1003() {
+    let server = Server::start(&[]);
+    let (mut alice, _) = server.join("/");
+    alice.socket.send(Message::binary(vec![1, 2, 3])).unwrap();
+    assert_eq!(alice.expect_close().code, CloseCode::Unsupported);
+}
+
+#[test]
+fn invalid_utf8_closes_with_1007() {
+    let server = Server::start(&[]);
+    let mut raw = RawClient::connect(&server, "/");
+    assert_eq!(raw.read_frame().0, 0x1, "welcome first");
+    raw.send_frame(TEXT, &[0x68, 0x69, 0xff, 0xfe]);
+    assert_eq!(raw.read_close_code(), 1007);
+}
+
+#[test]
+fn oversized_messages_close_with_1009() {
+    let server = Server::start(&["--max-message-bytes", "1000"]);
+    let mut raw = RawClient::connect(&server, "/");
+    raw.read_frame();
+    raw.send_frame(TEXT, "a".repeat(999).as_bytes()); // Under the limit: fine.
+    raw.send_frame(TEXT, "a".repeat(1001).as_bytes());
+    assert_eq!(raw.read_close_code(), 1009);
+}
+
+#[test]
+fn oversized_fragmented_messages_close_with_1009() {
+    let server = Server::start(&["--max-message-bytes", "1000"]);
+    let mut raw = RawClient::connect(&server, "/");
+    raw.read_frame();
+    raw.send_frame(0x01, "a".repeat(600).as_bytes()); // Text, not final.
+    raw.send_frame(0x80, "a".repeat(600).as_bytes()); // Continuation, final.
+    assert_eq!(raw.read_close_code(), 1009);
+}
+
+#[test]
+fn protocol_errors_close_with_1002() {
+    let server = Server::start(&[]);
+    for bad_frame in [
+        vec![0x83, 0x80, 1, 2, 3, 4], // Reserved opcode 3.
+        vec![0xC1, 0x80, 1, 2, 3, 4], // RSV1 set without an extension.
+        vec![0x81, 0x02, b'h', b'i'], // Unmasked client frame.
+        vec![0x80, 0x80, 1, 2, 3, 4], // Continuation with nothing to continue.
+    ] {
+        let mut raw = RawClient::connect(&server, "/");
+        raw.read_frame();
+        raw.stream.write_all(&bad_frame).unwrap();
+        assert_eq!(raw.read_close_code(), 1002, "for frame {bad_frame:?}");
+    }
+}
+
+#[test]
+fn frames_queued_before_a_violation_are_delivered_before_the_close() {
+    let server = Server::start(&[]);
+    let mut raw = RawClient::connect(&server, "/");
+    raw.read_frame();
+    // Two requests and a violation in one write: both answers must precede the close frame.
+    let mut bytes = common::masked_frame(TEXT, br#"{"type":"ping"}"#);
+    bytes.extend(common::masked_frame(TEXT, br#"{"type":"who"}"#));
+    bytes.extend(common::masked_frame(BINARY, b"\x00"));
+    raw.stream.write_all(&bytes).unwrap();
+    assert_eq!(raw.read_frame(), (0x1, br#"{"type":"pong"}"#.to_vec()));
+    assert_eq!(raw.read_frame().0, 0x1);
+    assert_eq!(raw.read_close_code(), 1003);
+}
+
+#[test]
+fn ping_frames_get_a_pong_with_the_same_payload() {
+    let server = Server::start(&[]);
+    let mut raw = RawClient::connect(&server, "/");
+    raw.read_frame();
+    raw.send_frame(0x89, b"are you there");
+    assert_eq!(raw.read_frame(), (0xA, b"are you there".to_vec()));
+}
+
+#[test]
+fn a_client_close_completes_the_handshake_and_the_room_hears_left() {
+    let server = Server::start(&[]);
+    let (mut alice, _) = server.join("/?name=alice");
+    let (mut bob, _) = server.join("/?name=bob");
+    alice.recv_type("joined");
+    bob.socket.close(None).unwrap();
+    // The server answers our close frame, then closes the TCP connection.
+    loop {
+        match bob.socket.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(error) => panic!("the close handshake should finish cleanly: {error}"),
+        }
+    }
+    let left = alice.recv_json();
+    assert_eq!(left["type"], "left");
+    assert_eq!(left["user"]["name"], "bob");
+}
+
+#[test]
+fn a_client_vanishing_mid_frame_disturbs_nobody() {
+    let server = Server::start(&[]);
+    let (mut alice, _) = server.join("/?name=alice");
+    let mut raw = RawClient::connect(&server, "/?name=ghost");
+    raw.read_frame();
+    alice.recv_type("joined");
+    // Half a frame: the header promises 100 bytes, 10 arrive, then the socket closes.
+    let frame = common::masked_frame(TEXT, &[b'x'; 100]);
+    raw.stream.write_all(&frame[..16]).unwrap();
+    raw.stream.shutdown(Shutdown::Both).unwrap();
+    drop(raw);
+    let left = alice.recv_json();
+    assert_eq!(left["type"], "left");
+    assert_eq!(left["user"]["name"], "ghost");
+    // Still serving.
+    let (mut carol, _) = server.join("/?name=carol");
+    alice.recv_type("joined");
+    carol.send_text("still here");
+    assert_eq!(alice.recv_json()["text"], "still here");
+}
+
+#[test]
+fn a_half_sent_upgrade_request_does_not_block_others() {
+    let server = Server::start(&[]);
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n").unwrap();
+    let (mut alice, _) = server.join("/?name=alice");
+    let (mut bob, _) = server.join("/?name=bob");
+    alice.recv_type("joined");
+    bob.send_text("the loop is not blocked");
+    assert_eq!(alice.recv_json()["text"], "the loop is not blocked");
+    // The slow request can still finish.
+    slow.write_all(b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut response = [0u8; 12];
+    slow.read_exact(&mut response).unwrap();
+    assert_eq!(&response, b"HTTP/1.1 101");
+}
+
+#[test]
+fn two_hundred_clients_each_get_every_broadcast_once_and_in_order() {
+    const CLIENTS: usize = 200;
+    const SENDERS: usize = 4;
+    const MESSAGES: usize = 25;
+    let server = Server::start(&[]);
+    let mut clients: Vec<(Client, u64)> = (0..CLIENTS)
+        .map(|index| {
+            let (client, welcome) = server.join(&format!("/?name=client{index}"));
+            (client, welcome["id"].as_u64().unwrap())
+        })
+        .collect();
+    // Interleave the senders' messages.
+    for sequence in 0..MESSAGES {
+        for (sender, _) in clients.iter_mut().take(SENDERS) {
+            sender.send_text(&sequence.to_string());
+        }
+    }
+    let sender_ids: Vec<u64> = clients.iter().take(SENDERS).map(|(_, id)| *id).collect();
+    for (index, (client, own_id)) in clients.iter_mut().enumerate() {
+        let expected_total = if index < SENDERS { (SENDERS - 1) * MESSAGES } else { SENDERS * MESSAGES };
+        let mut next_from: HashMap<u64, usize> = HashMap::new();
+        for _ in 0..expected_total {
+            let message = client.recv_type("message");
+            let from = message["from"]["id"].as_u64().unwrap();
+            assert_ne!(from, *own_id, "client {index} received its own message");
+            assert!(sender_ids.contains(&from));
+            let sequence: usize = message["text"].as_str().unwrap().parse().unwrap();
+            let expected = next_from.entry(from).or_default();
+            assert_eq!(sequence, *expected, "client {index}: message from {from} out of order or duplicated");
+            *expected += 1;
+        }
+        // Exactly once: nothing else but join notices is waiting.
+        client.send_json(json!({"type": "ping"}));
+        loop {
+            let event = client.recv_json();
+            match event["type"].as_str() {
+                Some("pong") => break,
+                Some("joined") => {}
+                _ => panic!("client {index}: unexpected extra event {event}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn clients_over_the_connection_limit_get_503() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let (_alice, _) = server.join("/");
+    let (_bob, _) = server.join("/");
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    let response = server.http(request.as_bytes());
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(response.contains("Connection: close"));
+    drop(_bob);
+    // A slot frees up once bob is gone; the server keeps serving within the limit.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let stream = TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        match tungstenite::client(server.url("/"), stream) {
+            Ok(_) => break,
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                assert_eq!(response.status(), 503);
+            }
+            Err(error) => panic!("unexpected handshake failure: {error}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "the freed slot was never reused");
+    }
+}
+
+#[test]
+fn plain_http_requests_get_whole_responses() {
+    let server = Server::start(&[]);
+    let health = server.http(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    assert!(health.contains("Content-Length: 3\r\n") && health.ends_with("\r\n\r\nok\n"));
+    assert!(server.http(b"GET /nowhere HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    assert!(server.http(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").starts_with("HTTP/1.1 405"));
+    assert!(
+        server
+            .http(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n")
+            .starts_with("HTTP/1.1 400")
+    );
+    assert!(server.http(b"GET /\r\n\r\n").starts_with("HTTP/1.1 400"), "a request line without a version");
+    let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    assert!(server.http(huge.as_bytes()).starts_with("HTTP/1.1 431"));
+    let old_version = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+        server.addr
+    );
+    let response = server.http(old_version.as_bytes());
+    assert!(
+        response.starts_with("HTTP/1.1 426") && response.contains("Sec-WebSocket-Version: 13"),
+        "{response}"
+    );
+    // And after all that, chat still works.
+    let (mut alice, _) = server.join("/");
+    alice.assert_nothing_pending();
+}
+
+#[test]
+fn a_request_followed_by_a_half_close_still_gets_its_response() {
+    let server = Server::start(&[]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+}
+
+#[test]
+fn the_log_names_the_bound_port_and_connections_at_debug() {
+    let mut server = Server::start(&[]);
+    assert_ne!(server.addr.port(), 0);
+    let (_alice, _) = server.join("/");
+    server.wait_for_log("opened a WebSocket");
+    assert!(server.is_running());
+}
