@@ -22,3 +22,6 @@ if cargo tree -e normal --prefix none | grep -Eq '^(tokio|async-std|smol|futures
     echo "an async runtime is in the normal dependency tree" >&2
     exit 1
 fi
+
+step "browser end-to-end test"
+scripts/browser-test.sh

@@ -31,6 +31,11 @@ pub struct Config {
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..))]
     pub max_send_buffer: u32,
 
+    /// Accept WebSocket upgrades only from this Origin (repeatable), e.g. `https://chat.example`.
+    /// Without it every origin is accepted.
+    #[arg(long = "origin", value_name = "ORIGIN")]
+    pub origins: Vec<String>,
+
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: LevelFilter,

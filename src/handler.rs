@@ -5,6 +5,9 @@
 //! handlers on the same reactor.
 
 use mio::Token;
+
+pub use crate::http::RequestHead;
+pub use crate::reactor::Stats;
 pub use tungstenite::Message;
 pub use tungstenite::protocol::frame::coding::CloseCode;
 
@@ -39,4 +42,11 @@ pub trait Handler {
     /// Called exactly once for every connection that got `on_open`; the token may be reused by a
     /// new connection afterwards.
     fn on_close<O: Outbox>(&mut self, connection: Token, out: &mut O);
+
+    /// A plain HTTP `GET` (not an upgrade) arrived. Return a whole response (see
+    /// [`crate::http::response`]) to answer it, or `None` to let the reactor answer: `200 ok` at
+    /// `/healthz`, 404 elsewhere. `stats` are the reactor's counters as of now.
+    fn respond(&mut self, _request: &RequestHead, _stats: &Stats) -> Option<Vec<u8>> {
+        None
+    }
 }

@@ -7,6 +7,8 @@ use tungstenite::handshake::server::{Request as UpgradeRequest, create_response}
 
 /// The most bytes a request head may take, request line and headers together.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// The content type of plain-text responses.
+pub const TEXT: &str = "text/plain; charset=utf-8";
 /// The most header lines a request may have.
 const MAX_HEADERS: usize = 64;
 
@@ -92,7 +94,7 @@ pub fn check_upgrade(head_bytes: &[u8]) -> Result<(), Vec<u8>> {
         return Err(response(
             426,
             "Upgrade Required",
-            "text/plain; charset=utf-8",
+            TEXT,
             &[("Sec-WebSocket-Version", "13")],
             b"this server speaks WebSocket version 13\n",
         ));
@@ -126,7 +128,7 @@ pub fn response(
 
 /// A plain-text response.
 pub fn plain(status: u16, reason: &str, body: &str) -> Vec<u8> {
-    response(status, reason, "text/plain; charset=utf-8", &[], body.as_bytes())
+    response(status, reason, TEXT, &[], body.as_bytes())
 }
 
 fn too_large() -> Vec<u8> {

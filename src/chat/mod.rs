@@ -3,13 +3,14 @@
 //! it answers through an [`Outbox`], so everything here is unit-tested without a network.
 
 pub mod protocol;
+mod web;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use mio::Token;
 use tungstenite::Utf8Bytes;
 
-use crate::handler::{CloseCode, Handler, Message, Outbox};
+use crate::handler::{CloseCode, Handler, Message, Outbox, RequestHead, Stats};
 use protocol::{ErrorCode, Event, MessageView, Rejection, Request, UserView, parse_request};
 
 /// The room everyone starts in unless the upgrade URL asks for another.
@@ -310,6 +311,10 @@ impl Handler for Chat {
 
     fn on_close<O: Outbox>(&mut self, connection: Token, out: &mut O) {
         self.leave_server(connection, out);
+    }
+
+    fn respond(&mut self, request: &RequestHead, stats: &Stats) -> Option<Vec<u8>> {
+        web::respond(self, request, stats)
     }
 }
 

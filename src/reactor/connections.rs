@@ -1,6 +1,8 @@
 //! The reactor's table of connections and the work queued on them during one loop iteration:
 //! frames to flush and connections to end. It is also the [`Outbox`] handlers write to.
 
+use std::rc::Rc;
+
 use log::{debug, warn};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
@@ -8,6 +10,7 @@ use tungstenite::Error;
 
 use super::connection::{Connection, Phase};
 use super::failure::{Failure, classify};
+use super::stats::{Stats, Traffic};
 use crate::handler::{CloseCode, Message, Outbox};
 
 /// How a connection is to end.
@@ -39,6 +42,10 @@ pub struct Connections {
     pub websockets: usize,
     /// This iteration's wall-clock time, for handlers.
     pub unix_time_ms: u64,
+    /// Counters for `GET /stats` (the byte counts live in `traffic`).
+    pub stats: Stats,
+    /// Byte counters, shared with every WebSocket's socket wrapper.
+    pub traffic: Rc<Traffic>,
 }
 
 impl Connections {
@@ -51,6 +58,8 @@ impl Connections {
             finished: Vec::new(),
             websockets: 0,
             unix_time_ms: 0,
+            stats: Stats::default(),
+            traffic: Traffic::shared(),
         }
     }
 
@@ -120,6 +129,7 @@ impl Outbox for Connections {
                     "connection {} from {}: send buffer full, disconnecting a slow reader",
                     to.0, connection.peer
                 );
+                self.stats.slow_consumers_dropped += 1;
                 self.to_end.push((to, Ending::Close(CloseCode::Policy, "send buffer full")));
                 return;
             }
@@ -133,6 +143,7 @@ impl Outbox for Connections {
                 }
             },
         }
+        self.stats.messages_out += 1;
         self.queue_flush(to);
     }
 

@@ -12,6 +12,7 @@ mod connections;
 mod failure;
 mod route;
 mod socket;
+mod stats;
 mod throttle;
 
 use std::io;
@@ -32,9 +33,11 @@ use accept::Acceptor;
 use connection::{Connection, Flushed, HandshakeState, HeadRead, Phase, ReplyState};
 use connections::{Connections, Ending};
 use failure::{Failure, classify};
-use route::{Route, route};
+use route::{Route, fallback, route};
 use socket::Socket;
 use throttle::Throttle;
+
+pub use stats::Stats;
 
 /// The listener's token. Connection tokens are slab keys, which count up from 0, so the
 /// listener takes the other end of the range.
@@ -51,6 +54,10 @@ pub struct Reactor<H> {
     connections: Connections,
     websocket_config: WebSocketConfig,
     max_connections: usize,
+    /// Allowed `Origin` values for upgrades (`--origin`); empty allows all.
+    origins: Vec<String>,
+    /// When the server started, for `uptime_seconds`.
+    started: Instant,
     /// Keeps "connection limit reached" from flooding the log.
     capacity_warnings: Throttle,
 }
@@ -72,6 +79,8 @@ impl<H: Handler> Reactor<H> {
             connections,
             websocket_config: config.websocket(),
             max_connections: config.max_connections,
+            origins: config.origins.clone(),
+            started: Instant::now(),
             capacity_warnings: Throttle::new(Duration::from_secs(1)),
         })
     }
@@ -83,6 +92,11 @@ impl<H: Handler> Reactor<H> {
 
     pub fn handler(&self) -> &H {
         &self.handler
+    }
+
+    /// The counters as of now.
+    pub fn stats(&self) -> Stats {
+        stats::snapshot(&self.connections.stats, &self.connections.traffic, self.started, Instant::now())
     }
 
     /// Runs the loop until an unrecoverable error.
@@ -159,7 +173,8 @@ impl<H: Handler> Reactor<H> {
         let route = match read {
             HeadRead::Gone => return self.end(token, Ending::Drop),
             HeadRead::Drained | HeadRead::PeerClosed => {
-                route(&request.head, self.connections.websockets >= self.max_connections)
+                let at_capacity = self.connections.websockets >= self.max_connections;
+                route(&request.head, &self.origins, at_capacity)
             }
         };
         match (route, read) {
@@ -168,6 +183,10 @@ impl<H: Handler> Reactor<H> {
             (Route::Wait, _) => {}
             (Route::Upgrade { target }, _) => self.start_handshake(token, target),
             (Route::Respond(response), _) => self.reply(token, response),
+            (Route::Get(head), _) => {
+                let response = self.handler.respond(&head, &self.stats()).unwrap_or_else(|| fallback(&head));
+                self.reply(token, response);
+            }
             (Route::AtCapacity, _) => {
                 if let Some(suppressed) = self.capacity_warnings.allow(Instant::now()) {
                     warn!(
@@ -186,7 +205,7 @@ impl<H: Handler> Reactor<H> {
         let Phase::Request(request) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
         connection.counted = true;
         self.connections.websockets += 1;
-        let socket = Socket::new(request.stream, request.head);
+        let socket = Socket::new(request.stream, request.head, self.connections.traffic.clone());
         let result = tungstenite::accept_with_config(socket, Some(self.websocket_config));
         self.continue_handshake(token, target, result);
     }
@@ -210,6 +229,7 @@ impl<H: Handler> Reactor<H> {
                 connection.phase = Phase::Open(websocket);
                 self.connections.set_writable(token, false);
                 debug!("connection {} opened a WebSocket at {target}", token.0);
+                self.connections.stats.connections += 1;
                 self.handler.on_open(token, &target, &mut self.connections);
                 self.settle();
             }
@@ -239,6 +259,7 @@ impl<H: Handler> Reactor<H> {
             match websocket.read() {
                 Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
                     if open {
+                        self.connections.stats.messages_in += 1;
                         self.handler.on_message(token, message, &mut self.connections);
                         self.settle();
                     }
@@ -318,6 +339,7 @@ impl<H: Handler> Reactor<H> {
             Ending::Drop => self.connections.release(token),
         }
         if was_open {
+            self.connections.stats.connections -= 1;
             self.handler.on_close(token, &mut self.connections);
             self.settle();
         }

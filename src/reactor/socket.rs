@@ -2,8 +2,11 @@
 //! read (to route the request) is replayed first, then reads go to the socket.
 
 use std::io::{self, Read, Write};
+use std::rc::Rc;
 
 use mio::net::TcpStream;
+
+use super::stats::Traffic;
 
 /// A non-blocking TCP stream with a replay buffer in front of its read side.
 pub struct Socket {
@@ -14,11 +17,13 @@ pub struct Socket {
     replay: Vec<u8>,
     /// How much of `replay` tungstenite has consumed.
     replayed: usize,
+    /// The reactor's byte counters.
+    traffic: Rc<Traffic>,
 }
 
 impl Socket {
-    pub fn new(stream: TcpStream, replay: Vec<u8>) -> Self {
-        Socket { stream, replay, replayed: 0 }
+    pub fn new(stream: TcpStream, replay: Vec<u8>, traffic: Rc<Traffic>) -> Self {
+        Socket { stream, replay, replayed: 0, traffic }
     }
 
     /// The stream, for (re)registering with the poll.
@@ -31,7 +36,9 @@ impl Read for Socket {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         let remaining = self.replay.get(self.replayed..).unwrap_or_default();
         if remaining.is_empty() {
-            return self.stream.read(buffer);
+            let count = self.stream.read(buffer)?;
+            self.traffic.add_in(count);
+            return Ok(count);
         }
         let count = remaining.len().min(buffer.len());
         buffer[..count].copy_from_slice(&remaining[..count]);
@@ -47,7 +54,9 @@ impl Read for Socket {
 
 impl Write for Socket {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.stream.write(bytes)
+        let count = self.stream.write(bytes)?;
+        self.traffic.add_out(count);
+        Ok(count)
     }
 
     fn flush(&mut self) -> io::Result<()> {

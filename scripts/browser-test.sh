@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The browser end-to-end test: headless Chromium (Debian's package, driven by playwright-core
+# from npm) opens the chat page twice and chats against the release binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "Chromium is missing: apt-get install chromium (as root), or set CHROMIUM=/path" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+cargo build --release --bin wschat
+WSCHAT_BIN="$PWD/target/release/wschat" node --test tests/browser/chat.e2e.mjs
