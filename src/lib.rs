@@ -33,6 +33,7 @@ pub mod config;
 pub mod handler;
 pub mod http;
 pub mod reactor;
+pub mod timer;
 
 pub use chat::Chat;
 pub use config::Config;
