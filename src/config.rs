@@ -2,6 +2,7 @@
 //! them with clap; tests and the echo example build them in code.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use log::LevelFilter;
@@ -30,6 +31,23 @@ pub struct Config {
     /// Most bytes queued for one client that is not reading; past it, the client is disconnected.
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..))]
     pub max_send_buffer: u32,
+
+    /// Seconds a connection may stay silent before the server pings it (fractions allowed).
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_seconds)]
+    pub ping_interval: Duration,
+
+    /// Seconds to wait, after a ping, for anything at all from the client before dropping it.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
+    pub ping_timeout: Duration,
+
+    /// Seconds a new connection has to finish its HTTP request and WebSocket upgrade.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
+    pub handshake_timeout: Duration,
+
+    /// Seconds to wait for the client's close frame after the server sent its own, and for a
+    /// client to read an HTTP response, before dropping the socket.
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_seconds)]
+    pub close_timeout: Duration,
 
     /// Accept WebSocket upgrades only from this Origin (repeatable), e.g. `https://chat.example`.
     /// Without it every origin is accepted.
@@ -62,5 +80,41 @@ impl Config {
             .max_write_buffer_size(max_send_buffer)
             .max_message_size(Some(self.max_message_bytes as usize))
             .max_frame_size(Some(self.max_message_bytes as usize))
+    }
+}
+
+/// Parses a positive number of seconds, fractions allowed (`0.5`, `30`).
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    // Also refuses NaN, which compares false with everything.
+    if seconds.is_nan() || seconds <= 0.0 {
+        return Err("must be more than 0 seconds".to_owned());
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|error| format!("`{text}`: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_may_be_fractional_but_must_be_positive() {
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_seconds("30"), Ok(Duration::from_secs(30)));
+        for bad in ["0", "-1", "abc", "NaN", "inf"] {
+            assert!(parse_seconds(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let config = Config::default();
+        assert_eq!(config.bind.to_string(), "127.0.0.1:9001");
+        assert_eq!((config.history, config.max_message_bytes, config.max_connections), (50, 65536, 10_000));
+        assert_eq!(config.ping_interval, Duration::from_secs(30));
+        assert_eq!(config.ping_timeout, Duration::from_secs(10));
+        assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.close_timeout, Duration::from_secs(5));
+        assert_eq!(config.log_level, LevelFilter::Info);
     }
 }

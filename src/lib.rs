@@ -9,6 +9,9 @@
 //!   - `reactor/connection.rs`: one socket's phases (request, handshake, open, closing, reply).
 //!   - `reactor/connections.rs`: the slab of connections and the per-iteration work lists; the
 //!     [`handler::Outbox`] handlers write to.
+//!   - `reactor/pre_websocket.rs`: a connection's request, its routing, its HTTP response or its
+//!     handshake (resumed from tungstenite's `MidHandshake`).
+//!   - `reactor/deadlines.rs`: handshake, heartbeat and close deadlines.
 //!   - `reactor/route.rs`: what a complete request head becomes.
 //!   - `reactor/failure.rs`: the one place tungstenite errors are sorted.
 //! - [`handler`]: the seam between reactor and application ([`handler::Handler`],
@@ -17,15 +20,19 @@
 //!   JSON wire format in [`chat::protocol`].
 //! - [`http`]: request-head parsing and responses for the pre-WebSocket stage.
 //! - [`config`]: every command-line flag and the tungstenite settings derived from them.
+//! - [`timer`]: the hashed timing wheel that holds every deadline (handshakes, heartbeats,
+//!   close handshakes) and tells `poll` how long it may sleep.
 //!
 //! # One loop iteration
-//! 1. `poll` waits until some socket is ready.
+//! 1. `poll` sleeps until some socket is ready or the nearest deadline on the timer wheel comes.
 //! 2. For each event: the listener accepts until `WouldBlock`; a connection reads until
 //!    `WouldBlock`. A complete message goes to the handler, which answers through the outbox:
 //!    each answer is serialized once and queued (not written) on every recipient.
-//! 3. Every connection with queued output is flushed once: one `write` carries all the frames
+//! 3. Deadlines that have come fire: slow handshakes and unanswered close frames are dropped,
+//!    silent connections are pinged, and connections silent after a ping are dropped.
+//! 4. Every connection with queued output is flushed once: one `write` carries all the frames
 //!    queued for it in this iteration. A full socket keeps its bytes and waits for WRITABLE.
-//! 4. Connections that finished are freed. Slots are only freed here, so a token seen in step 2
+//! 5. Connections that finished are freed. Slots are only freed here, so a token seen in step 2
 //!    can never belong to a connection that arrived during the same iteration.
 
 pub mod chat;

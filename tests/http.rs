@@ -25,7 +25,9 @@ fn upgrade_status(server: &Server, origin: Option<&str>) -> u16 {
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     match tungstenite::client(request, stream) {
         Ok((_, response)) => response.status().as_u16(),
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => response.status().as_u16(),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            response.status().as_u16()
+        }
         Err(error) => panic!("handshake: {error}"),
     }
 }

@@ -4,6 +4,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
 
 use mio::net::TcpStream;
 use tungstenite::WebSocket;
@@ -12,6 +13,7 @@ use tungstenite::handshake::server::{NoCallback, ServerHandshake};
 
 use super::socket::Socket;
 use crate::http::MAX_HEAD_BYTES;
+use crate::timer::TimerKey;
 
 /// tungstenite's server handshake over our socket.
 pub type HandshakeRole = ServerHandshake<Socket, NoCallback>;
@@ -23,6 +25,17 @@ pub struct Connection {
     pub phase: Phase,
     /// The peer's address, for the log.
     pub peer: SocketAddr,
+    /// A number no other connection of this process has: slab keys are reused, serials are not,
+    /// so a deadline can tell whether it still belongs to the connection in its slot.
+    pub serial: u64,
+    /// The connection's one pending deadline on the timer wheel: its handshake deadline, its
+    /// next heartbeat check, or its close deadline, depending on the phase.
+    pub timer: Option<TimerKey>,
+    /// When the last frame arrived from the peer. Updated on every frame; the heartbeat timer
+    /// reads it lazily when it fires instead of being re-armed on every frame.
+    pub last_activity: Instant,
+    /// When we pinged the peer, if it has not been heard from since.
+    pub ping_sent: Option<Instant>,
     /// Whether the registered interest includes WRITABLE. It does only while output is waiting
     /// for room in the socket's send buffer; otherwise every write would wake the loop for nothing.
     pub wants_writable: bool,
@@ -44,6 +57,10 @@ pub enum Phase {
     /// The close handshake is under way (started by either side); the handler has already been
     /// told the connection left. Data frames that still arrive are discarded.
     Closing(WebSocket<Socket>),
+    /// The peer broke the protocol. Our close frame, and whatever was queued before it, is being
+    /// flushed; then we hang up without waiting for the peer's close frame (RFC 6455 section
+    /// 7.1.7, "Fail the WebSocket Connection").
+    Failing(WebSocket<Socket>),
     /// Writing a whole HTTP response, then waiting for the peer to hang up.
     Reply(Box<ReplyState>),
     /// Finished. The socket is closed and the slot is freed at the end of this loop iteration; it
@@ -86,6 +103,8 @@ pub enum HeadRead {
 pub enum Flushed {
     /// Everything queued is written.
     All,
+    /// Everything queued is written, and the connection was failing: hang up now.
+    HangUp,
     /// The socket's send buffer is full; the rest waits for WRITABLE.
     Blocked,
     /// The connection has said its last word (close handshake finished, or a reply fully written
@@ -96,11 +115,15 @@ pub enum Flushed {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, peer: SocketAddr) -> Self {
+    pub fn new(stream: TcpStream, peer: SocketAddr, serial: u64, now: Instant) -> Self {
         let request = RequestState { stream, head: Vec::new() };
         Connection {
             phase: Phase::Request(Box::new(request)),
             peer,
+            serial,
+            timer: None,
+            last_activity: now,
+            ping_sent: None,
             wants_writable: false,
             flush_queued: false,
             counted: false,
@@ -112,7 +135,9 @@ impl Connection {
         match &mut self.phase {
             Phase::Request(request) => Some(&mut request.stream),
             Phase::Handshake(handshake) => Some(handshake.handshake.get_mut().get_mut().stream_mut()),
-            Phase::Open(websocket) | Phase::Closing(websocket) => Some(websocket.get_mut().stream_mut()),
+            Phase::Open(websocket) | Phase::Closing(websocket) | Phase::Failing(websocket) => {
+                Some(websocket.get_mut().stream_mut())
+            }
             Phase::Reply(reply) => Some(&mut reply.stream),
             Phase::Done => None,
         }

@@ -2,6 +2,7 @@
 //! frames to flush and connections to end. It is also the [`Outbox`] handlers write to.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use mio::{Interest, Registry, Token};
@@ -12,6 +13,22 @@ use super::connection::{Connection, Phase};
 use super::failure::{Failure, classify};
 use super::stats::{Stats, Traffic};
 use crate::handler::{CloseCode, Message, Outbox};
+use crate::timer::TimerWheel;
+
+/// The wheel's tick. Deadlines here are seconds long; 10 ms is fine-grained enough and lets an
+/// idle server sleep until the tick a deadline falls in.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(10);
+/// The wheel's slot count: 4096 ticks of 10 ms make a lap of 41 s, so the default 30 s
+/// heartbeat lands within one lap.
+const TIMER_SLOTS: usize = 4096;
+
+/// A connection's deadline, as stored on the timer wheel.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub token: Token,
+    /// The serial of the connection that armed it; a slot reused since then has another.
+    pub serial: u64,
+}
 
 /// How a connection is to end.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +38,9 @@ pub enum Ending {
     Close(CloseCode, &'static str),
     /// The peer started the close handshake; tungstenite has queued our reply.
     PeerClosed,
+    /// The peer broke the protocol: we send a close frame with this code after whatever is
+    /// queued, then hang up without waiting for the peer's reply (RFC 6455 section 7.1.7).
+    Fail(CloseCode, &'static str),
     /// The socket is closed at once: the peer vanished, broke the protocol beyond repair, or
     /// finished its close handshake.
     Drop,
@@ -42,6 +62,12 @@ pub struct Connections {
     pub websockets: usize,
     /// This iteration's wall-clock time, for handlers.
     pub unix_time_ms: u64,
+    /// This iteration's monotonic time, read once by the loop after `poll` returns.
+    pub now: Instant,
+    /// Every connection's pending deadline.
+    pub timers: TimerWheel<Deadline>,
+    /// The serial the next accepted connection gets.
+    next_serial: u64,
     /// Counters for `GET /stats` (the byte counts live in `traffic`).
     pub stats: Stats,
     /// Byte counters, shared with every WebSocket's socket wrapper.
@@ -49,7 +75,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(registry: Registry) -> Self {
+    pub fn new(registry: Registry, now: Instant) -> Self {
         Connections {
             slab: Slab::new(),
             registry,
@@ -58,9 +84,27 @@ impl Connections {
             finished: Vec::new(),
             websockets: 0,
             unix_time_ms: 0,
+            now,
+            timers: TimerWheel::new(TIMER_RESOLUTION, TIMER_SLOTS, now),
+            next_serial: 0,
             stats: Stats::default(),
             traffic: Traffic::shared(),
         }
+    }
+
+    /// The serial for a new connection.
+    pub fn next_serial(&mut self) -> u64 {
+        self.next_serial += 1;
+        self.next_serial
+    }
+
+    /// Sets the connection's one deadline, replacing the one it had.
+    pub fn arm(&mut self, token: Token, at: Instant) {
+        let Some(connection) = self.slab.get_mut(token.0) else { return };
+        if let Some(key) = connection.timer.take() {
+            self.timers.cancel(key);
+        }
+        connection.timer = Some(self.timers.insert(at, Deadline { token, serial: connection.serial }));
     }
 
     /// Puts the connection on this iteration's flush list, once.
@@ -105,6 +149,9 @@ impl Connections {
         if connection.counted {
             connection.counted = false;
             self.websockets -= 1;
+        }
+        if let Some(key) = connection.timer.take() {
+            self.timers.cancel(key);
         }
         connection.phase = Phase::Done;
         self.finished.push(token);

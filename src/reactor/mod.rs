@@ -1,6 +1,6 @@
 //! The event loop: one thread, one `mio::Poll`, every socket in one slab. It accepts connections,
 //! routes their HTTP requests, drives tungstenite's handshakes and frames without ever blocking,
-//! and hands complete messages to a [`Handler`].
+//! keeps every deadline on one timer wheel, and hands complete messages to a [`Handler`].
 //!
 //! Every socket is registered edge-triggered, so each readiness event is drained until
 //! `WouldBlock` (mio's "Draining readiness" rule), and any event may be spurious, so every
@@ -9,7 +9,9 @@
 mod accept;
 mod connection;
 mod connections;
+mod deadlines;
 mod failure;
+mod pre_websocket;
 mod route;
 mod socket;
 mod stats;
@@ -22,19 +24,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use tungstenite::handshake::HandshakeError;
+use tungstenite::Message;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
 
 use crate::config::Config;
 use crate::handler::Handler;
-use crate::http;
 use accept::Acceptor;
-use connection::{Connection, Flushed, HandshakeState, HeadRead, Phase, ReplyState};
+use connection::{Connection, Flushed, Phase, ReplyState};
 use connections::{Connections, Ending};
+use deadlines::Timeouts;
 use failure::{Failure, classify};
-use route::{Route, fallback, route};
-use socket::Socket;
 use throttle::Throttle;
 
 pub use stats::Stats;
@@ -53,6 +52,7 @@ pub struct Reactor<H> {
     handler: H,
     connections: Connections,
     websocket_config: WebSocketConfig,
+    timeouts: Timeouts,
     max_connections: usize,
     /// Allowed `Origin` values for upgrades (`--origin`); empty allows all.
     origins: Vec<String>,
@@ -68,7 +68,8 @@ impl<H: Handler> Reactor<H> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.bind)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let connections = Connections::new(poll.registry().try_clone()?);
+        let started = Instant::now();
+        let connections = Connections::new(poll.registry().try_clone()?, started);
         // Room beyond `--max-connections` for sockets still sending their request, so that
         // clients over the limit can be told 503 rather than left hanging.
         let max_sockets = config.max_connections.saturating_add(256);
@@ -78,9 +79,10 @@ impl<H: Handler> Reactor<H> {
             handler,
             connections,
             websocket_config: config.websocket(),
+            timeouts: Timeouts::from(config),
             max_connections: config.max_connections,
             origins: config.origins.clone(),
-            started: Instant::now(),
+            started,
             capacity_warnings: Throttle::new(Duration::from_secs(1)),
         })
     }
@@ -109,14 +111,19 @@ impl<H: Handler> Reactor<H> {
     }
 
     /// One iteration of the loop:
-    /// 1. wait for readiness;
+    /// 1. sleep in `poll` until a socket is ready or the nearest deadline comes (no deadline:
+    ///    sleep until a socket is ready, so an idle server burns no CPU);
     /// 2. handle each event: accept, read, hand messages to the handler, which queues output;
-    /// 3. flush every connection that has output, once;
-    /// 4. free the slots of connections that finished.
+    /// 3. fire the deadlines that are due (I/O first, then timers, as redis's `ae.c` does: a
+    ///    frame that arrived just in time still counts);
+    /// 4. flush every connection that has output, once;
+    /// 5. free the slots of connections that finished.
     fn turn(&mut self, events: &mut Events) -> io::Result<()> {
-        if let Err(error) = self.poll.poll(events, None) {
+        let timeout = self.connections.timers.next_timeout(Instant::now());
+        if let Err(error) = self.poll.poll(events, timeout) {
             return if error.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(error) };
         }
+        self.connections.now = Instant::now();
         self.connections.unix_time_ms = unix_time_ms();
         for event in events.iter() {
             match event.token() {
@@ -124,6 +131,7 @@ impl<H: Handler> Reactor<H> {
                 token => self.ready(token),
             }
         }
+        self.fire_deadlines();
         self.flush_queued();
         self.connections.reap();
         Ok(())
@@ -131,15 +139,19 @@ impl<H: Handler> Reactor<H> {
 
     fn accept_until_would_block(&mut self) {
         while let Some((stream, peer)) = self.acceptor.accept(self.connections.slab.len()) {
+            let now = self.connections.now;
+            let serial = self.connections.next_serial();
             let entry = self.connections.slab.vacant_entry();
             let token = Token(entry.key());
-            let mut connection = Connection::new(stream, peer);
+            let mut connection = Connection::new(stream, peer, serial, now);
             let Some(stream) = connection.stream_mut() else { continue };
             if let Err(error) = self.poll.registry().register(stream, token, Interest::READABLE) {
                 warn!("cannot register a connection from {peer}: {error}");
                 continue;
             }
             entry.insert(connection);
+            // Slowloris defence: the request and the upgrade must be done by this deadline.
+            self.connections.arm(token, now + self.timeouts.handshake);
             debug!("connection {} from {peer} accepted", token.0);
         }
     }
@@ -159,91 +171,10 @@ impl<H: Handler> Reactor<H> {
                 // The event may also mean the socket is writable again.
                 self.connections.queue_flush(token);
             }
+            // A failing connection reads nothing more; once its close frame is out, it hangs up.
+            Phase::Failing(_) => self.connections.queue_flush(token),
             Phase::Reply(_) => self.discard_reply_input(token),
             Phase::Done => {}
-        }
-    }
-
-    /// Reads the request head; once complete, routes it.
-    fn read_request(&mut self, token: Token) {
-        let Some(Phase::Request(request)) = self.connections.slab.get_mut(token.0).map(|c| &mut c.phase) else {
-            return;
-        };
-        let read = request.read_until_would_block();
-        let route = match read {
-            HeadRead::Gone => return self.end(token, Ending::Drop),
-            HeadRead::Drained | HeadRead::PeerClosed => {
-                let at_capacity = self.connections.websockets >= self.max_connections;
-                route(&request.head, &self.origins, at_capacity)
-            }
-        };
-        match (route, read) {
-            // A WebSocket client never half-closes, and an incomplete head will not complete.
-            (Route::Wait | Route::Upgrade { .. }, HeadRead::PeerClosed) => self.end(token, Ending::Drop),
-            (Route::Wait, _) => {}
-            (Route::Upgrade { target }, _) => self.start_handshake(token, target),
-            (Route::Respond(response), _) => self.reply(token, response),
-            (Route::Get(head), _) => {
-                let response = self.handler.respond(&head, &self.stats()).unwrap_or_else(|| fallback(&head));
-                self.reply(token, response);
-            }
-            (Route::AtCapacity, _) => {
-                if let Some(suppressed) = self.capacity_warnings.allow(Instant::now()) {
-                    warn!(
-                        "{} connections, the limit: answering 503 ({suppressed} more since the last warning)",
-                        self.max_connections
-                    );
-                }
-                self.reply(token, http::plain(503, "Service Unavailable", "too many connections\n"));
-            }
-        }
-    }
-
-    /// Hands the request head, replayed, to tungstenite's server handshake.
-    fn start_handshake(&mut self, token: Token, target: String) {
-        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
-        let Phase::Request(request) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
-        connection.counted = true;
-        self.connections.websockets += 1;
-        let socket = Socket::new(request.stream, request.head, self.connections.traffic.clone());
-        let result = tungstenite::accept_with_config(socket, Some(self.websocket_config));
-        self.continue_handshake(token, target, result);
-    }
-
-    fn resume_handshake(&mut self, token: Token) {
-        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
-        let Phase::Handshake(paused) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
-        let HandshakeState { handshake, target } = *paused;
-        self.continue_handshake(token, target, handshake.handshake());
-    }
-
-    fn continue_handshake(
-        &mut self,
-        token: Token,
-        target: String,
-        result: Result<WebSocket<Socket>, HandshakeError<connection::HandshakeRole>>,
-    ) {
-        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
-        match result {
-            Ok(websocket) => {
-                connection.phase = Phase::Open(websocket);
-                self.connections.set_writable(token, false);
-                debug!("connection {} opened a WebSocket at {target}", token.0);
-                self.connections.stats.connections += 1;
-                self.handler.on_open(token, &target, &mut self.connections);
-                self.settle();
-            }
-            Err(HandshakeError::Interrupted(handshake)) => {
-                // Only the 101 response can be left to write: the head was complete before the
-                // handshake started. Wait until the socket takes more.
-                connection.phase = Phase::Handshake(Box::new(HandshakeState { handshake, target }));
-                self.connections.set_writable(token, true);
-            }
-            Err(HandshakeError::Failure(error)) => {
-                // tungstenite dropped the socket with the failed handshake; only the slot is left.
-                debug!("connection {}: handshake failed: {error}", token.0);
-                self.connections.release(token);
-            }
         }
     }
 
@@ -251,12 +182,13 @@ impl<H: Handler> Reactor<H> {
     fn read_until_would_block(&mut self, token: Token) {
         loop {
             let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
-            let (websocket, open) = match &mut connection.phase {
-                Phase::Open(websocket) => (websocket, true),
-                Phase::Closing(websocket) => (websocket, false),
-                _ => return,
-            };
-            match websocket.read() {
+            let open = matches!(connection.phase, Phase::Open(_));
+            let (Phase::Open(websocket) | Phase::Closing(websocket)) = &mut connection.phase else { return };
+            let read = websocket.read();
+            if read.is_ok() {
+                connection.last_activity = self.connections.now;
+            }
+            match read {
                 Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
                     if open {
                         self.connections.stats.messages_in += 1;
@@ -276,7 +208,7 @@ impl<H: Handler> Reactor<H> {
                     Failure::Closed => return self.end(token, Ending::Drop),
                     Failure::Violation(code, reason) if open => {
                         debug!("connection {}: {reason}; closing with {code}", token.0);
-                        return self.end(token, Ending::Close(code, reason));
+                        return self.end(token, Ending::Fail(code, reason));
                     }
                     failure => {
                         debug!("connection {}: {failure}", token.0);
@@ -287,31 +219,12 @@ impl<H: Handler> Reactor<H> {
         }
     }
 
-    /// Switches the connection to answering a plain HTTP request with `response`.
-    fn reply(&mut self, token: Token, response: Vec<u8>) {
-        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
-        let Phase::Request(request) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
-        let reply = ReplyState { stream: request.stream, response, written: 0 };
-        connection.phase = Phase::Reply(Box::new(reply));
-        self.connections.queue_flush(token);
-    }
-
-    fn discard_reply_input(&mut self, token: Token) {
-        let Some(Phase::Reply(reply)) = self.connections.slab.get_mut(token.0).map(|c| &mut c.phase) else {
-            return;
-        };
-        match reply.discard_input() {
-            Flushed::All | Flushed::Blocked => self.connections.queue_flush(token),
-            Flushed::Finished | Flushed::Failed(_) => self.end(token, Ending::Drop),
-        }
-    }
-
     /// Ends a connection as `ending` says, and tells the handler if it knew the connection.
     fn end(&mut self, token: Token, ending: Ending) {
         let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
         let was_open = matches!(connection.phase, Phase::Open(_));
         match ending {
-            Ending::Close(code, reason) if was_open => {
+            Ending::Close(code, reason) | Ending::Fail(code, reason) if was_open => {
                 let Phase::Open(mut websocket) = std::mem::replace(&mut connection.phase, Phase::Done) else {
                     return;
                 };
@@ -320,9 +233,12 @@ impl<H: Handler> Reactor<H> {
                     Ok(()) => true,
                     Err(error) => matches!(classify(error), Failure::WouldBlock),
                 };
-                connection.phase = Phase::Closing(websocket);
+                let failing = matches!(ending, Ending::Fail(..));
+                connection.phase =
+                    if failing { Phase::Failing(websocket) } else { Phase::Closing(websocket) };
                 if queued {
                     self.connections.queue_flush(token);
+                    self.connections.arm(token, self.connections.now + self.timeouts.close);
                 } else {
                     // No room even for the close frame (a slow reader's full buffer): just drop.
                     self.connections.release(token);
@@ -334,8 +250,9 @@ impl<H: Handler> Reactor<H> {
                 };
                 connection.phase = Phase::Closing(websocket);
                 self.connections.queue_flush(token);
+                self.connections.arm(token, self.connections.now + self.timeouts.close);
             }
-            Ending::Close(..) | Ending::PeerClosed => {}
+            Ending::Close(..) | Ending::Fail(..) | Ending::PeerClosed => {}
             Ending::Drop => self.connections.release(token),
         }
         if was_open {
@@ -353,7 +270,7 @@ impl<H: Handler> Reactor<H> {
         }
     }
 
-    /// Step 3 of the loop: one flush per connection with queued output. A connection whose socket
+    /// Step 4 of the loop: one flush per connection with queued output. A connection whose socket
     /// is full keeps its bytes and waits for WRITABLE; once drained it goes back to READABLE only.
     fn flush_queued(&mut self) {
         // Flushing can end connections, and ending one queues output for others (their room
@@ -363,15 +280,19 @@ impl<H: Handler> Reactor<H> {
             index += 1;
             let Some(connection) = self.connections.slab.get_mut(token.0) else { continue };
             connection.flush_queued = false;
+            let failing = matches!(connection.phase, Phase::Failing(_));
             let flushed = match &mut connection.phase {
-                Phase::Open(websocket) | Phase::Closing(websocket) => match websocket.flush() {
-                    Ok(()) => Flushed::All,
-                    Err(error) => match classify(error) {
-                        Failure::WouldBlock => Flushed::Blocked,
-                        Failure::Closed => Flushed::Finished,
-                        failure => Flushed::Failed(failure.to_string()),
-                    },
-                },
+                Phase::Open(websocket) | Phase::Closing(websocket) | Phase::Failing(websocket) => {
+                    match websocket.flush() {
+                        Ok(()) if failing => Flushed::HangUp,
+                        Ok(()) => Flushed::All,
+                        Err(error) => match classify(error) {
+                            Failure::WouldBlock => Flushed::Blocked,
+                            Failure::Closed => Flushed::Finished,
+                            failure => Flushed::Failed(failure.to_string()),
+                        },
+                    }
+                }
                 Phase::Reply(reply) if !reply.is_written() => reply.write_until_would_block(),
                 Phase::Reply(_) => Flushed::All,
                 _ => continue,
@@ -379,6 +300,7 @@ impl<H: Handler> Reactor<H> {
             match flushed {
                 Flushed::All => self.connections.set_writable(token, false),
                 Flushed::Blocked => self.connections.set_writable(token, true),
+                Flushed::HangUp => self.hang_up(token),
                 Flushed::Finished => self.end(token, Ending::Drop),
                 Flushed::Failed(reason) => {
                     debug!("connection {}: flush failed: {reason}", token.0);
@@ -388,6 +310,21 @@ impl<H: Handler> Reactor<H> {
             self.settle();
         }
         self.connections.to_flush.clear();
+    }
+
+    /// A failing connection's close frame is out: half-close our side (so the frame is not lost
+    /// to a reset) and wait, at most the close timeout, for the peer to hang up too.
+    fn hang_up(&mut self, token: Token) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        let Phase::Failing(websocket) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
+        let stream = websocket.into_inner().into_stream();
+        let mut reply = ReplyState { stream, response: Vec::new(), written: 0 };
+        let flushed = reply.write_until_would_block();
+        connection.phase = Phase::Reply(Box::new(reply));
+        match flushed {
+            Flushed::Finished | Flushed::Failed(_) => self.end(token, Ending::Drop),
+            _ => self.connections.set_writable(token, false),
+        }
     }
 }
 

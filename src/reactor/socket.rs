@@ -26,6 +26,11 @@ impl Socket {
         Socket { stream, replay, replayed: 0, traffic }
     }
 
+    /// The stream alone, once tungstenite is done with it.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// The stream, for (re)registering with the poll.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
         &mut self.stream

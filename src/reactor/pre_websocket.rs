@@ -1,0 +1,128 @@
+//! A connection's life before it is a WebSocket: reading and routing its HTTP request, answering
+//! plain requests, and driving tungstenite's handshake, resumed from `MidHandshake` whenever the
+//! socket would block.
+
+use std::time::Instant;
+
+use log::{debug, warn};
+use mio::Token;
+use tungstenite::WebSocket;
+use tungstenite::handshake::HandshakeError;
+
+use super::Reactor;
+use super::connection::{Flushed, HandshakeRole, HandshakeState, HeadRead, Phase, ReplyState};
+use super::connections::Ending;
+use super::route::{Route, fallback, route};
+use super::socket::Socket;
+use crate::handler::Handler;
+use crate::http;
+
+impl<H: Handler> Reactor<H> {
+    /// Reads the request head; once complete, routes it.
+    pub(super) fn read_request(&mut self, token: Token) {
+        let Some(Phase::Request(request)) = self.connections.slab.get_mut(token.0).map(|c| &mut c.phase)
+        else {
+            return;
+        };
+        let read = request.read_until_would_block();
+        let route = match read {
+            HeadRead::Gone => return self.end(token, Ending::Drop),
+            HeadRead::Drained | HeadRead::PeerClosed => {
+                let at_capacity = self.connections.websockets >= self.max_connections;
+                route(&request.head, &self.origins, at_capacity)
+            }
+        };
+        match (route, read) {
+            // A WebSocket client never half-closes, and an incomplete head will not complete.
+            (Route::Wait | Route::Upgrade { .. }, HeadRead::PeerClosed) => self.end(token, Ending::Drop),
+            (Route::Wait, _) => {}
+            (Route::Upgrade { target }, _) => self.start_handshake(token, target),
+            (Route::Respond(response), _) => self.reply(token, response),
+            (Route::Get(head), _) => {
+                let response = self.handler.respond(&head, &self.stats()).unwrap_or_else(|| fallback(&head));
+                self.reply(token, response);
+            }
+            (Route::AtCapacity, _) => {
+                if let Some(suppressed) = self.capacity_warnings.allow(Instant::now()) {
+                    warn!(
+                        "{} connections, the limit: answering 503 ({suppressed} more since the last warning)",
+                        self.max_connections
+                    );
+                }
+                self.reply(token, http::plain(503, "Service Unavailable", "too many connections\n"));
+            }
+        }
+    }
+
+    /// Hands the request head, replayed, to tungstenite's server handshake.
+    fn start_handshake(&mut self, token: Token, target: String) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        let Phase::Request(request) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
+        connection.counted = true;
+        self.connections.websockets += 1;
+        let socket = Socket::new(request.stream, request.head, self.connections.traffic.clone());
+        let result = tungstenite::accept_with_config(socket, Some(self.websocket_config));
+        self.continue_handshake(token, target, result);
+    }
+
+    pub(super) fn resume_handshake(&mut self, token: Token) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        let Phase::Handshake(paused) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
+        let HandshakeState { handshake, target } = *paused;
+        self.continue_handshake(token, target, handshake.handshake());
+    }
+
+    fn continue_handshake(
+        &mut self,
+        token: Token,
+        target: String,
+        result: Result<WebSocket<Socket>, HandshakeError<HandshakeRole>>,
+    ) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        match result {
+            Ok(websocket) => {
+                connection.phase = Phase::Open(websocket);
+                connection.last_activity = self.connections.now;
+                self.connections.set_writable(token, false);
+                self.connections.arm(token, self.connections.now + self.timeouts.ping_interval);
+                debug!("connection {} opened a WebSocket at {target}", token.0);
+                self.connections.stats.connections += 1;
+                self.handler.on_open(token, &target, &mut self.connections);
+                self.settle();
+            }
+            Err(HandshakeError::Interrupted(handshake)) => {
+                // Only the 101 response can be left to write: the head was complete before the
+                // handshake started. Wait until the socket takes more.
+                connection.phase = Phase::Handshake(Box::new(HandshakeState { handshake, target }));
+                self.connections.set_writable(token, true);
+            }
+            Err(HandshakeError::Failure(error)) => {
+                // tungstenite dropped the socket with the failed handshake; only the slot is left.
+                debug!("connection {}: handshake failed: {error}", token.0);
+                self.connections.release(token);
+            }
+        }
+    }
+
+    /// Switches the connection to answering a plain HTTP request with `response`.
+    fn reply(&mut self, token: Token, response: Vec<u8>) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        let Phase::Request(request) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
+        let reply = ReplyState { stream: request.stream, response, written: 0 };
+        connection.phase = Phase::Reply(Box::new(reply));
+        self.connections.queue_flush(token);
+        // A client that does not read its response, or never hangs up, is dropped at this deadline.
+        self.connections.arm(token, self.connections.now + self.timeouts.close);
+    }
+
+    pub(super) fn discard_reply_input(&mut self, token: Token) {
+        let Some(Phase::Reply(reply)) = self.connections.slab.get_mut(token.0).map(|c| &mut c.phase) else {
+            return;
+        };
+        match reply.discard_input() {
+            // The event may also mean the socket is writable again.
+            Flushed::All | Flushed::Blocked | Flushed::HangUp => self.connections.queue_flush(token),
+            Flushed::Finished | Flushed::Failed(_) => self.end(token, Ending::Drop),
+        }
+    }
+}
