@@ -23,5 +23,8 @@ if cargo tree -e normal --prefix none | grep -Eq '^(tokio|async-std|smol|futures
     exit 1
 fi
 
+step "RFC 6455 conformance (Autobahn fuzzing client against examples/echo)"
+scripts/autobahn.sh
+
 step "browser end-to-end test"
 scripts/browser-test.sh
