@@ -32,6 +32,11 @@ pub struct Config {
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..))]
     pub max_send_buffer: u32,
 
+    /// Frames per second each client may send (a token bucket holding two seconds' worth);
+    /// frames over it are dropped and answered with a `rate_limited` error. 0 turns it off.
+    #[arg(long, default_value_t = 0.0, value_name = "MSGS_PER_SEC", value_parser = parse_rate)]
+    pub rate_limit: f64,
+
     /// Seconds a connection may stay silent before the server pings it (fractions allowed).
     #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_seconds)]
     pub ping_interval: Duration,
@@ -48,6 +53,10 @@ pub struct Config {
     /// client to read an HTTP response, before dropping the socket.
     #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_seconds)]
     pub close_timeout: Duration,
+
+    /// Seconds a graceful shutdown (SIGINT, SIGTERM) may take to close every connection.
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_seconds)]
+    pub shutdown_timeout: Duration,
 
     /// Accept WebSocket upgrades only from this Origin (repeatable), e.g. `https://chat.example`.
     /// Without it every origin is accepted.
@@ -80,6 +89,14 @@ impl Config {
             .max_write_buffer_size(max_send_buffer)
             .max_message_size(Some(self.max_message_bytes as usize))
             .max_frame_size(Some(self.max_message_bytes as usize))
+    }
+}
+
+/// Parses a rate: a finite number of frames per second, 0 or more.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!("`{text}` is not a rate (a number of messages per second, 0 for none)")),
     }
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::{error, info, warn};
+use wschat::chat::RateLimit;
 use wschat::{Chat, Config, Reactor};
 
 fn main() -> ExitCode {
@@ -16,7 +17,10 @@ fn main() -> ExitCode {
         eprintln!("cannot set up logging: {error}");
     }
     raise_descriptor_limit();
-    let chat = Chat::new(config.history);
+    let mut chat = Chat::new(config.history);
+    if config.rate_limit > 0.0 {
+        chat = chat.with_rate_limit(RateLimit { per_second: config.rate_limit });
+    }
     let result = Reactor::bind(&config, chat).and_then(|mut reactor| reactor.run());
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -105,14 +105,6 @@ fn a_peer_that_never_answers_our_close_frame_is_dropped() {
     assert!(dropped - sent >= Duration::from_millis(300), "dropped early: {:?}", dropped - sent);
 }
 
-/// The server's CPU time (user + system) in clock ticks, from /proc.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesized command name; utime and stime are the 14th and 15th.
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 #[test]
 fn two_hundred_idle_connections_cost_almost_no_cpu() {
     let server = Server::start(&["--ping-interval", "30"]);
@@ -130,9 +122,9 @@ fn two_hundred_idle_connections_cost_almost_no_cpu() {
     last.send_frame(0x81, br#"{"type":"ping"}"#);
     assert_eq!(last.read_frame().1, br#"{"type":"pong"}"#);
 
-    let before = cpu_ticks(server.pid());
+    let before = server.cpu_ticks();
     thread::sleep(Duration::from_secs(3)); // The measurement window, not a wait for state.
-    let spent = cpu_ticks(server.pid()) - before;
+    let spent = server.cpu_ticks() - before;
     // Clock ticks are 10 ms; an idle loop asleep in epoll_wait spends none.
     assert!(spent <= 2, "an idle server used {spent} clock ticks of CPU in 3 s");
 }

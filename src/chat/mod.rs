@@ -3,6 +3,7 @@
 //! it answers through an [`Outbox`], so everything here is unit-tested without a network.
 
 pub mod protocol;
+mod rate;
 mod web;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -12,6 +13,8 @@ use tungstenite::Utf8Bytes;
 
 use crate::handler::{CloseCode, Handler, Message, Outbox, RequestHead, Stats};
 use protocol::{ErrorCode, Event, MessageView, Rejection, Request, UserView, parse_request};
+pub use rate::RateLimit;
+use rate::TokenBucket;
 
 /// The room everyone starts in unless the upgrade URL asks for another.
 pub const DEFAULT_ROOM: &str = "lobby";
@@ -24,6 +27,8 @@ pub const MAX_ROOM_CHARS: usize = 64;
 pub struct Chat {
     /// How many message events each room keeps for newcomers.
     history_limit: usize,
+    /// How fast a member may send frames, if limited.
+    rate_limit: Option<RateLimit>,
     /// Members by connection.
     members: HashMap<Token, Member>,
     /// Every name in use, server-wide, so a nickname is unique.
@@ -39,6 +44,8 @@ struct Member {
     id: u64,
     name: String,
     room: String,
+    /// The member's allowance under the rate limit (unused without one).
+    allowance: TokenBucket,
 }
 
 /// One room.
@@ -74,11 +81,19 @@ impl Chat {
     pub fn new(history_limit: usize) -> Self {
         Chat {
             history_limit,
+            rate_limit: None,
             members: HashMap::new(),
             names: HashMap::new(),
             rooms: HashMap::new(),
             next_id: 1,
         }
+    }
+
+    /// Limits every member to `limit`: frames over it are dropped and answered with a
+    /// `rate_limited` error.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
     }
 
     /// Open connections, as the chat counts them.
@@ -116,7 +131,9 @@ impl Chat {
         };
 
         self.names.insert(name.clone(), token);
-        self.members.insert(token, Member { id, name, room: room.clone() });
+        let allowance =
+            TokenBucket::full(self.rate_limit.unwrap_or(RateLimit { per_second: 0.0 }), out.unix_time_ms());
+        self.members.insert(token, Member { id, name, room: room.clone(), allowance });
         self.enter_room(token, &room, out);
         let welcome = self.room_snapshot(token, |member, users, history| Event::Welcome {
             id: member.id,
@@ -199,7 +216,8 @@ impl Chat {
         let Some(member) = self.members.get_mut(&token) else { return };
         if member.room != room {
             let old = std::mem::replace(&mut member.room, room.clone());
-            let leaving = Member { id: member.id, name: member.name.clone(), room: old };
+            let leaving =
+                Member { id: member.id, name: member.name.clone(), room: old, allowance: member.allowance };
             self.leave_room(&leaving, out);
             self.enter_room(token, &room, out);
         }
@@ -266,6 +284,14 @@ impl Chat {
             .collect()
     }
 
+    /// Whether the member may send a frame now; every frame counts, whatever it asks.
+    fn within_rate_limit(&mut self, token: Token, now_ms: u64) -> bool {
+        let (Some(limit), Some(member)) = (self.rate_limit, self.members.get_mut(&token)) else {
+            return true;
+        };
+        member.allowance.try_take(limit, now_ms)
+    }
+
     /// Checks a wanted nickname: its shape, and that nobody else (`except` the asker) has it.
     fn check_name(&self, name: &str, except: Option<Token>) -> Result<(), Rejection> {
         let length = name.chars().count();
@@ -303,6 +329,10 @@ impl Handler for Chat {
             out.close(connection, CloseCode::Unsupported, "binary frames are not supported");
             return;
         };
+        if !self.within_rate_limit(connection, out.unix_time_ms()) {
+            let rejection = Rejection::new(ErrorCode::RateLimited, "too many messages; this one was dropped");
+            return reject(out, connection, &rejection);
+        }
         match parse_request(&text) {
             Ok(request) => self.handle(connection, request, out),
             Err(rejection) => reject(out, connection, &rejection),

@@ -244,3 +244,19 @@ fn ids_are_not_reused_when_tokens_are() {
     let welcome = open(&mut chat, &mut out, 1, "/");
     assert_eq!(welcome["id"], 2);
 }
+
+#[test]
+fn frames_over_the_rate_limit_are_dropped_with_an_error() {
+    let mut chat = Chat::new(50).with_rate_limit(RateLimit { per_second: 10.0 });
+    let mut out = Recorder::default();
+    open(&mut chat, &mut out, 1, "/");
+    open(&mut chat, &mut out, 2, "/");
+    for index in 0..200 {
+        say(&mut chat, &mut out, 1, &format!("message {index}"));
+    }
+    let delivered = out.take(2).iter().filter(|event| event["type"] == "message").count();
+    assert_eq!(delivered, 20, "a burst of twice the rate gets through");
+    let errors = out.take(1).into_iter().filter(|event| event["type"] == "error").collect::<Vec<_>>();
+    assert_eq!(errors.len(), 180);
+    assert!(errors.iter().all(|event| event["code"] == "rate_limited"));
+}

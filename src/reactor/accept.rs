@@ -7,14 +7,22 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use mio::Registry;
 use mio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use super::connection::refuse;
 use super::throttle::Throttle;
 use crate::http;
 
+/// The listen backlog: connections the kernel completes and queues before we accept them. The
+/// standard library (and mio) use 128, which a burst of clients overflows; Linux caps the value at
+/// `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: i32 = 4096;
+
 pub struct Acceptor {
-    listener: TcpListener,
+    /// `None` once the server stopped accepting (graceful shutdown).
+    listener: Option<TcpListener>,
     /// Most sockets held at once: `--max-connections` WebSockets plus room for requests in flight.
     max_sockets: usize,
     /// A descriptor held in reserve (`/dev/null`). When `accept` fails because the process is out
@@ -27,13 +35,42 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    pub fn new(listener: TcpListener, max_sockets: usize) -> Self {
+    /// Binds a non-blocking listener with a deep backlog. `max_sockets` caps the sockets held.
+    pub fn bind(address: SocketAddr, max_sockets: usize) -> io::Result<Self> {
+        let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+        // A restarted server can bind its port while the old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        let listener = TcpListener::from_std(socket.into());
         let spare = open_spare();
-        Acceptor { listener, max_sockets, spare, warnings: Throttle::new(Duration::from_secs(1)) }
+        Ok(Acceptor {
+            listener: Some(listener),
+            max_sockets,
+            spare,
+            warnings: Throttle::new(Duration::from_secs(1)),
+        })
+    }
+
+    pub fn listener_mut(&mut self) -> Option<&mut TcpListener> {
+        self.listener.as_mut()
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(listener) => listener.local_addr(),
+            None => Err(io::Error::new(ErrorKind::NotConnected, "the listener is closed")),
+        }
+    }
+
+    /// Stops accepting: the listening socket is closed, so new clients are refused by the kernel.
+    pub fn stop(&mut self, registry: &Registry) {
+        if let Some(mut listener) = self.listener.take()
+            && let Err(error) = registry.deregister(&mut listener)
+        {
+            debug!("deregistering the listener failed: {error}");
+        }
     }
 
     /// Returns the next connection to keep, or `None` once the listener would block. `held` is
@@ -41,7 +78,8 @@ impl Acceptor {
     /// closed here.
     pub fn accept(&mut self, held: usize) -> Option<(TcpStream, SocketAddr)> {
         loop {
-            match self.listener.accept() {
+            let listener = self.listener.as_ref()?;
+            match listener.accept() {
                 Ok((stream, peer)) if held >= self.max_sockets => {
                     self.warn(format_args!("holding {held} sockets, the most allowed; refusing {peer}"));
                     let _ =
@@ -78,16 +116,23 @@ impl Acceptor {
     }
 
     /// Uses the spare descriptor to accept one pending connection and close it with a 503.
-    /// Returns false if there was no spare to use.
+    /// Returns whether it shed one: `false` when the queue is empty (Linux's `accept` reports
+    /// `EMFILE` before it looks at the queue, so the error alone does not mean anyone is waiting)
+    /// or when there is no spare to use.
     fn shed_one(&mut self) -> bool {
+        let Some(listener) = &self.listener else { return false };
         let Some(spare) = self.spare.take() else { return false };
         drop(spare);
-        if let Ok((stream, _)) = self.listener.accept() {
-            let _ =
-                refuse(stream, &http::plain(503, "Service Unavailable", "server out of file descriptors\n"));
-        }
+        let shed = match listener.accept() {
+            Ok((stream, _)) => {
+                let response = http::plain(503, "Service Unavailable", "server out of file descriptors\n");
+                let _ = refuse(stream, &response);
+                true
+            }
+            Err(_) => false,
+        };
         self.spare = open_spare();
-        true
+        shed
     }
 
     fn warn(&mut self, message: std::fmt::Arguments) {

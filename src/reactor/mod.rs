@@ -22,13 +22,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
-use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
 use tungstenite::Message;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::config::Config;
-use crate::handler::Handler;
+use crate::handler::{CloseCode, Handler};
 use accept::Acceptor;
 use connection::{Connection, Flushed, Phase, ReplyState};
 use connections::{Connections, Ending};
@@ -39,16 +40,30 @@ use throttle::Throttle;
 pub use stats::Stats;
 
 /// The listener's token. Connection tokens are slab keys, which count up from 0, so the
-/// listener takes the other end of the range.
+/// listener and the signal pipe take the other end of the range.
 const LISTENER: Token = Token(usize::MAX);
+/// The token of the self-pipe that signal-hook writes to when SIGINT or SIGTERM arrives.
+const SIGNALS: Token = Token(usize::MAX - 1);
 
 /// How many readiness events one `poll` call may return.
 const EVENTS_PER_POLL: usize = 1024;
+
+/// Whether the loop goes on.
+enum Flow {
+    Continue,
+    Stop,
+}
 
 /// A server: the poll, the listener, the connections and the application.
 pub struct Reactor<H> {
     poll: Poll,
     acceptor: Acceptor,
+    /// SIGINT and SIGTERM, delivered through a pipe registered in the same poll, so a signal is
+    /// just another event.
+    signals: Signals,
+    /// When a graceful shutdown must be over, once one has begun.
+    shutdown_deadline: Option<Instant>,
+    shutdown_timeout: Duration,
     handler: H,
     connections: Connections,
     websocket_config: WebSocketConfig,
@@ -66,16 +81,23 @@ impl<H: Handler> Reactor<H> {
     /// Binds the listener and prepares the loop. Errors here are fatal to the server.
     pub fn bind(config: &Config, handler: H) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.bind)?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let started = Instant::now();
-        let connections = Connections::new(poll.registry().try_clone()?, started);
         // Room beyond `--max-connections` for sockets still sending their request, so that
         // clients over the limit can be told 503 rather than left hanging.
         let max_sockets = config.max_connections.saturating_add(256);
+        let mut acceptor = Acceptor::bind(config.bind, max_sockets)?;
+        if let Some(listener) = acceptor.listener_mut() {
+            poll.registry().register(listener, LISTENER, Interest::READABLE)?;
+        }
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let started = Instant::now();
+        let connections = Connections::new(poll.registry().try_clone()?, started);
         Ok(Reactor {
             poll,
-            acceptor: Acceptor::new(listener, max_sockets),
+            acceptor,
+            signals,
+            shutdown_deadline: None,
+            shutdown_timeout: config.shutdown_timeout,
             handler,
             connections,
             websocket_config: config.websocket(),
@@ -101,12 +123,14 @@ impl<H: Handler> Reactor<H> {
         stats::snapshot(&self.connections.stats, &self.connections.traffic, self.started, Instant::now())
     }
 
-    /// Runs the loop until an unrecoverable error.
+    /// Runs the loop until a graceful shutdown completes (`Ok`) or an unrecoverable error.
     pub fn run(&mut self) -> io::Result<()> {
         info!("listening on {}", self.local_addr()?);
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
-            self.turn(&mut events)?;
+            if let Flow::Stop = self.turn(&mut events)? {
+                return Ok(());
+            }
         }
     }
 
@@ -118,23 +142,93 @@ impl<H: Handler> Reactor<H> {
     ///    frame that arrived just in time still counts);
     /// 4. flush every connection that has output, once;
     /// 5. free the slots of connections that finished.
-    fn turn(&mut self, events: &mut Events) -> io::Result<()> {
-        let timeout = self.connections.timers.next_timeout(Instant::now());
+    fn turn(&mut self, events: &mut Events) -> io::Result<Flow> {
+        let now = Instant::now();
+        let mut timeout = self.connections.timers.next_timeout(now);
+        if let Some(deadline) = self.shutdown_deadline {
+            let left = deadline.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(left, |timeout| timeout.min(left)));
+        }
         if let Err(error) = self.poll.poll(events, timeout) {
-            return if error.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(error) };
+            return if error.kind() == io::ErrorKind::Interrupted { Ok(Flow::Continue) } else { Err(error) };
         }
         self.connections.now = Instant::now();
         self.connections.unix_time_ms = unix_time_ms();
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept_until_would_block(),
+                SIGNALS => {
+                    if let Flow::Stop = self.on_signals() {
+                        return Ok(Flow::Stop);
+                    }
+                }
                 token => self.ready(token),
             }
         }
         self.fire_deadlines();
         self.flush_queued();
         self.connections.reap();
-        Ok(())
+        Ok(self.shutdown_progress())
+    }
+
+    /// SIGINT or SIGTERM: the first starts a graceful shutdown, a second one stops at once.
+    fn on_signals(&mut self) -> Flow {
+        // Drain the pipe (edge-triggered, like every other source).
+        let count = self.signals.pending().count();
+        if count == 0 {
+            return Flow::Continue;
+        }
+        if self.shutdown_deadline.is_some() || count > 1 {
+            warn!("second signal: stopping now");
+            return Flow::Stop;
+        }
+        self.begin_shutdown();
+        Flow::Continue
+    }
+
+    /// Stops accepting, sends every client a close frame with 1001 "going away", and leaves the
+    /// loop running until the close handshakes are done or `--shutdown-timeout` has passed.
+    fn begin_shutdown(&mut self) {
+        info!(
+            "shutting down: closing {} connections (at most {:?})",
+            self.connections.stats.connections, self.shutdown_timeout
+        );
+        self.shutdown_deadline = Some(self.connections.now + self.shutdown_timeout);
+        self.acceptor.stop(self.poll.registry());
+        let tokens: Vec<Token> = self.connections.slab.iter().map(|(key, _)| Token(key)).collect();
+        let mut closed = Vec::new();
+        for token in tokens {
+            let Some(connection) = self.connections.slab.get(token.0) else { continue };
+            match connection.phase {
+                // Every close frame is queued before any handler call, so the handler's goodbyes
+                // (the chat's `left` events) find everyone closing and cost nothing to send.
+                Phase::Open(_) => {
+                    if self.detach(token, Ending::Close(CloseCode::Away, "server shutting down")) {
+                        closed.push(token);
+                    }
+                }
+                Phase::Request(_) | Phase::Handshake(_) => self.end(token, Ending::Drop),
+                Phase::Closing(_) | Phase::Failing(_) | Phase::Reply(_) | Phase::Done => {}
+            }
+        }
+        for token in closed {
+            self.notify_closed(token);
+        }
+    }
+
+    /// After each iteration of a shutdown: stop once every connection is gone or time is up.
+    fn shutdown_progress(&mut self) -> Flow {
+        let Some(deadline) = self.shutdown_deadline else { return Flow::Continue };
+        let remaining = self.connections.slab.len();
+        if remaining == 0 {
+            info!("shutdown complete");
+            return Flow::Stop;
+        }
+        if self.connections.now >= deadline {
+            warn!("shutdown timeout: dropping {remaining} connections that did not finish closing");
+            return Flow::Stop;
+        }
+        Flow::Continue
     }
 
     fn accept_until_would_block(&mut self) {
@@ -221,12 +315,20 @@ impl<H: Handler> Reactor<H> {
 
     /// Ends a connection as `ending` says, and tells the handler if it knew the connection.
     fn end(&mut self, token: Token, ending: Ending) {
-        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        if self.detach(token, ending) {
+            self.notify_closed(token);
+        }
+    }
+
+    /// Takes a connection out of the open state as `ending` says. Returns whether it was open,
+    /// in which case the handler must be told with `notify_closed`.
+    fn detach(&mut self, token: Token, ending: Ending) -> bool {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return false };
         let was_open = matches!(connection.phase, Phase::Open(_));
         match ending {
             Ending::Close(code, reason) | Ending::Fail(code, reason) if was_open => {
                 let Phase::Open(mut websocket) = std::mem::replace(&mut connection.phase, Phase::Done) else {
-                    return;
+                    return false;
                 };
                 let frame = CloseFrame { code, reason: reason.into() };
                 let queued = match websocket.close(Some(frame)) {
@@ -246,7 +348,7 @@ impl<H: Handler> Reactor<H> {
             }
             Ending::PeerClosed if was_open => {
                 let Phase::Open(websocket) = std::mem::replace(&mut connection.phase, Phase::Done) else {
-                    return;
+                    return false;
                 };
                 connection.phase = Phase::Closing(websocket);
                 self.connections.queue_flush(token);
@@ -255,11 +357,14 @@ impl<H: Handler> Reactor<H> {
             Ending::Close(..) | Ending::Fail(..) | Ending::PeerClosed => {}
             Ending::Drop => self.connections.release(token),
         }
-        if was_open {
-            self.connections.stats.connections -= 1;
-            self.handler.on_close(token, &mut self.connections);
-            self.settle();
-        }
+        was_open
+    }
+
+    /// Tells the handler a connection it knew has left.
+    fn notify_closed(&mut self, token: Token) {
+        self.connections.stats.connections -= 1;
+        self.handler.on_close(token, &mut self.connections);
+        self.settle();
     }
 
     /// Ends every connection that a handler call or a failed write asked to end. Ending one may

@@ -32,8 +32,23 @@ impl Server {
     }
 
     pub fn start_binary(binary: &str, args: &[&str]) -> Server {
-        let mut child = Command::new(binary)
-            .args(["--bind", "127.0.0.1:0", "--log-level", "debug"])
+        Server::start_command(Command::new(binary), args)
+    }
+
+    /// Starts the server with its open-files limit (soft and hard) set to `limit`.
+    pub fn start_with_file_limit(limit: u32, args: &[&str]) -> Server {
+        let mut command = Command::new("sh");
+        let script = format!("ulimit -n {limit} && exec \"$0\" \"$@\"");
+        command.args(["-c", &script, env!("CARGO_BIN_EXE_wschat")]);
+        Server::start_command(command, args)
+    }
+
+    fn start_command(mut command: Command, args: &[&str]) -> Server {
+        command.args(["--bind", "127.0.0.1:0"]);
+        if !args.contains(&"--log-level") {
+            command.args(["--log-level", "debug"]);
+        }
+        let mut child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -85,6 +100,23 @@ impl Server {
         (client, welcome)
     }
 
+    /// Connects a chat client, retrying while the server refuses (503 or a closed socket) until
+    /// the deadline; for tests where capacity frees up asynchronously.
+    pub fn join_until_admitted(&self, target: &str) -> Client {
+        let give_up = Instant::now() + DEADLINE;
+        loop {
+            let stream = TcpStream::connect(self.addr).expect("connect to the server");
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            if let Ok((socket, _)) = tungstenite::client(self.url(target), stream) {
+                let mut client = Client { socket };
+                assert_eq!(client.recv_json()["type"], "welcome");
+                return client;
+            }
+            assert!(Instant::now() < give_up, "never admitted within {DEADLINE:?}");
+            thread::sleep(Duration::from_millis(20)); // Retrying a refused connection.
+        }
+    }
+
     /// Sends a raw HTTP request and returns the whole response (the server closes after it).
     pub fn http(&self, request: &[u8]) -> String {
         let mut stream = TcpStream::connect(self.addr).unwrap();
@@ -102,6 +134,40 @@ impl Server {
     /// Returns whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends a signal (`TERM`, `INT`, ...) to the server process.
+    pub fn signal(&self, name: &str) {
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the server to exit, failing the test past `deadline`.
+    pub fn wait_for_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let give_up = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < give_up, "the server did not exit within {deadline:?}");
+            thread::sleep(Duration::from_millis(10)); // Polling an exit status; there is no event.
+        }
+    }
+
+    /// The server's CPU time so far (user + system), in clock ticks (10 ms), from /proc.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // The fields after the parenthesized command name; utime and stime are the 14th and 15th.
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// The server's resident memory, in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 }
 

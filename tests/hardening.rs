@@ -1,0 +1,173 @@
+//! Hardening over real sockets: slow readers, floods, shutdown signals and running out of file
+//! descriptors must not hurt the other clients or the server.
+
+mod common;
+
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Client, DEADLINE, RawClient, Server};
+use serde_json::json;
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+#[test]
+fn a_client_that_never_reads_is_dropped_and_nobody_else_misses_a_message() {
+    const MESSAGES: usize = 3_000;
+    let mut server = Server::start(&["--log-level", "info"]);
+    let (mut publisher, _) = server.join("/?name=publisher");
+    let (mut healthy, _) = server.join("/?name=healthy");
+    // The lazy client completes its handshake and then never reads another byte.
+    let mut lazy = RawClient::connect(&server, "/?name=lazy");
+    publisher.recv_type("joined");
+    publisher.recv_type("joined");
+    healthy.recv_type("joined");
+    let rss_before = server.rss_kib();
+
+    let reader = thread::spawn(move || {
+        let mut received = 0;
+        let mut lazy_left = false;
+        while received < MESSAGES || !lazy_left {
+            let event = healthy.recv_json();
+            match event["type"].as_str() {
+                Some("message") => {
+                    let text = event["text"].as_str().unwrap();
+                    let sequence: usize = text.split(' ').next().unwrap().parse().unwrap();
+                    assert_eq!(sequence, received, "messages arrive once each, in order");
+                    received += 1;
+                }
+                Some("left") => {
+                    assert_eq!(event["user"]["name"], "lazy");
+                    lazy_left = true;
+                }
+                _ => panic!("unexpected {event}"),
+            }
+        }
+        received
+    });
+    let padding = "x".repeat(4_000);
+    for sequence in 0..MESSAGES {
+        publisher.socket.write(Message::text(format!("{sequence} {padding}"))).unwrap();
+    }
+    publisher.socket.flush().unwrap();
+    assert_eq!(reader.join().unwrap(), MESSAGES);
+
+    server.wait_for_log("send buffer full");
+    let rss_growth_mib = server.rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(rss_growth_mib < 32, "server memory grew by {rss_growth_mib} MiB for a 12 MB burst");
+    // The lazy client was told 1008 if its close frame fit, or simply dropped; either way the
+    // socket is closed once the kernel buffers drain.
+    lazy.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut sink = vec![0u8; 1 << 16];
+    loop {
+        match lazy.stream.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => break,
+            Err(error) => panic!("the lazy client was not disconnected: {error}"),
+        }
+    }
+    let stats: serde_json::Value = {
+        let response = server.http(b"GET /stats HTTP/1.1\r\n\r\n");
+        serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
+    };
+    assert_eq!(stats["slow_consumers_dropped"], 1);
+}
+
+#[test]
+fn the_rate_limit_drops_a_flood_and_says_so() {
+    let server = Server::start(&["--rate-limit", "10"]);
+    let (mut sender, _) = server.join("/?name=sender");
+    let (mut receiver, _) = server.join("/?name=receiver");
+    sender.recv_type("joined");
+    // 200 messages in one write: far over 10 per second.
+    for index in 0..200 {
+        sender.socket.write(Message::text(format!("flood {index}"))).unwrap();
+    }
+    sender.socket.flush().unwrap();
+    // Every frame is either delivered to the receiver or answered with an error to the sender.
+    let short = Some(Duration::from_millis(20));
+    sender.socket.get_mut().set_read_timeout(short).unwrap();
+    receiver.socket.get_mut().set_read_timeout(short).unwrap();
+    let (mut delivered, mut limited) = (0, 0);
+    let give_up = Instant::now() + DEADLINE;
+    while delivered + limited < 200 {
+        assert!(Instant::now() < give_up, "only {delivered} delivered and {limited} refused");
+        if let Ok(Message::Text(text)) = sender.socket.read() {
+            let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(event["code"], "rate_limited", "{event}");
+            limited += 1;
+        }
+        if let Ok(Message::Text(text)) = receiver.socket.read() {
+            let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(event["type"], "message");
+            delivered += 1;
+        }
+    }
+    assert!((18..=25).contains(&delivered), "about 20 (a burst of twice the rate) get through: {delivered}");
+}
+
+#[test]
+fn sigterm_closes_every_client_with_1001_and_exits_zero() {
+    let mut server = Server::start(&[]);
+    let mut clients: Vec<Client> = (0..20).map(|index| server.join(&format!("/?name=c{index}")).0).collect();
+    clients[19].assert_nothing_pending(); // Every handshake has been handled.
+    server.signal("TERM");
+    for client in &mut clients {
+        let frame = client.expect_close();
+        assert_eq!(frame.code, CloseCode::Away);
+        // Reading on sends our reply and completes the close handshake.
+        while client.socket.read().is_ok() {}
+    }
+    let status = server.wait_for_exit(DEADLINE);
+    assert!(status.success(), "exit status {status}");
+    // The listener is closed: nobody new gets in.
+    assert!(TcpStream::connect(server.addr).is_err());
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut server = Server::start(&["--shutdown-timeout", "60", "--close-timeout", "60"]);
+    // A raw client never answers the close frame, so the graceful shutdown would take a minute.
+    let mut raw = RawClient::connect(&server, "/");
+    raw.read_frame();
+    server.signal("TERM");
+    assert_eq!(raw.read_close_code(), 1001);
+    server.wait_for_log("shutting down");
+    server.signal("INT");
+    server.wait_for_exit(DEADLINE);
+}
+
+#[test]
+fn running_out_of_file_descriptors_neither_spins_nor_stalls() {
+    let server = Server::start_with_file_limit(64, &[]);
+    let (mut alice, _) = server.join("/?name=alice");
+    // 120 connection attempts against a limit of 64 descriptors: some are held, the rest are
+    // accepted with the spare descriptor, answered 503 and closed.
+    let attempts: Vec<TcpStream> = (0..120).filter_map(|_| TcpStream::connect(server.addr).ok()).collect();
+    alice.assert_nothing_pending();
+    let before = server.cpu_ticks();
+    // While out of descriptors, keep knocking: each attempt is shed, not spun on.
+    let window = Instant::now() + Duration::from_secs(2);
+    let mut refused = 0;
+    while Instant::now() < window {
+        let mut knock = TcpStream::connect(server.addr).unwrap();
+        knock.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut response = String::new();
+        let _ = knock.read_to_string(&mut response);
+        assert!(response.is_empty() || response.starts_with("HTTP/1.1 503"), "{response}");
+        refused += 1;
+        thread::sleep(Duration::from_millis(50)); // Pacing the knocks, not waiting for state.
+    }
+    let spent = server.cpu_ticks() - before;
+    assert!(spent <= 20, "{spent} clock ticks of CPU in 2 s while out of descriptors ({refused} knocks)");
+    // Free the held descriptors: the server recovers by itself.
+    drop(attempts);
+    alice.assert_nothing_pending();
+    let mut bob = server.join_until_admitted("/?name=bob");
+    alice.recv_type("joined");
+    bob.send_json(json!({"type": "message", "text": "back in business"}));
+    assert_eq!(alice.recv_type("message")["text"], "back in business");
+}
