@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         // The suite sends messages of up to 16 MiB and expects them back whole.
         max_message_bytes: 16 << 20,
         max_send_buffer: 64 << 20,
+        read_buffer_bytes: 64 << 10,
         ..Config::default()
     };
     match Reactor::bind(&config, Echo).and_then(|mut reactor| reactor.run()) {
