@@ -106,12 +106,19 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// The longest timeout or interval accepted.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 /// Parses a positive number of seconds, fractions allowed (`0.5`, `30`).
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
     // Also refuses NaN, which compares false with everything.
     if seconds.is_nan() || seconds <= 0.0 {
         return Err("must be more than 0 seconds".to_owned());
+    }
+    // Deadlines are `Instant + Duration`, which must not overflow; a year is plenty.
+    if seconds > MAX_SECONDS {
+        return Err(format!("must be at most {MAX_SECONDS} seconds (a year)"));
     }
     Duration::try_from_secs_f64(seconds).map_err(|error| format!("`{text}`: {error}"))
 }
@@ -124,7 +131,7 @@ mod tests {
     fn seconds_may_be_fractional_but_must_be_positive() {
         assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_seconds("30"), Ok(Duration::from_secs(30)));
-        for bad in ["0", "-1", "abc", "NaN", "inf"] {
+        for bad in ["0", "-1", "abc", "NaN", "inf", "1e18"] {
             assert!(parse_seconds(bad).is_err(), "{bad} should be refused");
         }
     }

@@ -168,6 +168,7 @@ impl ReplyState {
     /// peer sees the end of the response.
     pub fn write_until_would_block(&mut self) -> Flushed {
         while self.written < self.response.len() {
+            // `written` only grows by what `write` reports, which never exceeds what it was given.
             match self.stream.write(&self.response[self.written..]) {
                 Ok(0) => return Flushed::Failed("peer stopped reading".to_owned()),
                 Ok(count) => self.written += count,
