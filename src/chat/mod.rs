@@ -44,8 +44,8 @@ struct Member {
     id: u64,
     name: String,
     room: String,
-    /// The member's allowance under the rate limit (unused without one).
-    allowance: TokenBucket,
+    /// The member's allowance under the rate limit, if there is one.
+    allowance: Option<TokenBucket>,
 }
 
 /// One room.
@@ -131,8 +131,7 @@ impl Chat {
         };
 
         self.names.insert(name.clone(), token);
-        let allowance =
-            TokenBucket::full(self.rate_limit.unwrap_or(RateLimit { per_second: 0.0 }), out.unix_time_ms());
+        let allowance = self.rate_limit.map(|limit| TokenBucket::full(limit, out.unix_time_ms()));
         self.members.insert(token, Member { id, name, room: room.clone(), allowance });
         self.enter_room(token, &room, out);
         let welcome = self.room_snapshot(token, |member, users, history| Event::Welcome {
@@ -152,7 +151,7 @@ impl Chat {
     fn leave_server<O: Outbox>(&mut self, token: Token, out: &mut O) {
         if let Some(member) = self.members.remove(&token) {
             self.names.remove(&member.name);
-            self.leave_room(&member, out);
+            self.leave_room(&member.room, UserView { id: member.id, name: &member.name }, out);
         }
     }
 
@@ -216,9 +215,8 @@ impl Chat {
         let Some(member) = self.members.get_mut(&token) else { return };
         if member.room != room {
             let old = std::mem::replace(&mut member.room, room.clone());
-            let leaving =
-                Member { id: member.id, name: member.name.clone(), room: old, allowance: member.allowance };
-            self.leave_room(&leaving, out);
+            let (id, name) = (member.id, member.name.clone());
+            self.leave_room(&old, UserView { id, name: &name }, out);
             self.enter_room(token, &room, out);
         }
         let snapshot = self.room_snapshot(token, |member, users, history| Event::Room {
@@ -242,15 +240,14 @@ impl Chat {
     }
 
     /// Removes the member from its room, tells those who stay, and drops the room once empty.
-    fn leave_room<O: Outbox>(&mut self, member: &Member, out: &mut O) {
-        let Some(room) = self.rooms.get_mut(&member.room) else { return };
-        room.members.remove(&member.id);
+    fn leave_room<O: Outbox>(&mut self, room_name: &str, user: UserView<'_>, out: &mut O) {
+        let Some(room) = self.rooms.get_mut(room_name) else { return };
+        room.members.remove(&user.id);
         if room.members.is_empty() {
-            self.rooms.remove(&member.room);
+            self.rooms.remove(room_name);
             return;
         }
-        let left = Event::Left { room: &member.room, user: UserView { id: member.id, name: &member.name } };
-        room.broadcast(None, left.to_json().into(), out);
+        room.broadcast(None, Event::Left { room: room_name, user }.to_json().into(), out);
     }
 
     /// Builds a `welcome` or `room` event: the member's room, its users and its history.
@@ -286,10 +283,11 @@ impl Chat {
 
     /// Whether the member may send a frame now; every frame counts, whatever it asks.
     fn within_rate_limit(&mut self, token: Token, now_ms: u64) -> bool {
-        let (Some(limit), Some(member)) = (self.rate_limit, self.members.get_mut(&token)) else {
-            return true;
-        };
-        member.allowance.try_take(limit, now_ms)
+        let limit = self.rate_limit;
+        match (limit, self.members.get_mut(&token).and_then(|member| member.allowance.as_mut())) {
+            (Some(limit), Some(allowance)) => allowance.try_take(limit, now_ms),
+            _ => true,
+        }
     }
 
     /// Checks a wanted nickname: its shape, and that nobody else (`except` the asker) has it.

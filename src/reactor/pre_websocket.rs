@@ -2,8 +2,6 @@
 //! plain requests, and driving tungstenite's handshake, resumed from `MidHandshake` whenever the
 //! socket would block.
 
-use std::time::Instant;
-
 use log::{debug, warn};
 use mio::Token;
 use tungstenite::WebSocket;
@@ -43,7 +41,7 @@ impl<H: Handler> Reactor<H> {
                 self.reply(token, response);
             }
             (Route::AtCapacity, _) => {
-                if let Some(suppressed) = self.capacity_warnings.allow(Instant::now()) {
+                if let Some(suppressed) = self.capacity_warnings.allow(self.connections.now) {
                     warn!(
                         "{} connections, the limit: answering 503 ({suppressed} more since the last warning)",
                         self.max_connections
