@@ -17,7 +17,12 @@ fn main() -> ExitCode {
         eprintln!("cannot set up logging: {error}");
     }
     raise_descriptor_limit();
-    let mut chat = Chat::new(config.history);
+    if let Err(problem) = check_buffers(&config) {
+        error!("{problem}");
+        return ExitCode::from(2);
+    }
+    // Half the send buffer for history leaves the other half for the member list in a welcome.
+    let mut chat = Chat::new(config.history).with_history_bytes(config.max_send_buffer as usize / 2);
     if config.rate_limit > 0.0 {
         chat = chat.with_rate_limit(RateLimit { per_second: config.rate_limit });
     }
@@ -29,6 +34,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A chat message's text can grow six-fold as JSON (a control character becomes `\u0001`), and a
+/// message must fit in a recipient's send buffer, or every recipient would be dropped as slow.
+fn check_buffers(config: &Config) -> Result<(), String> {
+    let largest_event = 6 * u64::from(config.max_message_bytes) + 1024;
+    if u64::from(config.max_send_buffer) < largest_event {
+        return Err(format!(
+            "--max-send-buffer ({}) must be at least 6 × --max-message-bytes + 1024 ({largest_event}): \
+             a message's text can grow six-fold when escaped as JSON",
+            config.max_send_buffer
+        ));
+    }
+    Ok(())
 }
 
 /// Every connection is a file descriptor, and the soft limit is often 1024: raise it to the hard

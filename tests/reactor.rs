@@ -279,3 +279,13 @@ fn the_log_names_the_bound_port_and_connections_at_debug() {
     server.wait_for_log("opened a WebSocket");
     assert!(server.is_running());
 }
+
+#[test]
+fn a_send_buffer_too_small_for_the_largest_message_is_refused_at_start() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wschat"))
+        .args(["--bind", "127.0.0.1:0", "--max-message-bytes", "200000", "--max-send-buffer", "1048576"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--max-send-buffer"));
+}

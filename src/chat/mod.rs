@@ -2,16 +2,18 @@
 //! what. No sockets and no clocks: the reactor feeds it events through the [`Handler`] trait and
 //! it answers through an [`Outbox`], so everything here is unit-tested without a network.
 
+mod history;
 pub mod protocol;
 mod rate;
 mod web;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use mio::Token;
 use tungstenite::Utf8Bytes;
 
 use crate::handler::{CloseCode, Handler, Message, Outbox, RequestHead, Stats};
+use history::{History, HistoryLimit, Line};
 use protocol::{ErrorCode, Event, MessageView, Rejection, Request, UserView, parse_request};
 pub use rate::RateLimit;
 use rate::TokenBucket;
@@ -22,11 +24,14 @@ pub const DEFAULT_ROOM: &str = "lobby";
 pub const MAX_NAME_CHARS: usize = 32;
 /// Longest room name, in characters.
 pub const MAX_ROOM_CHARS: usize = 64;
+/// The most bytes of history a room keeps unless told otherwise: a welcome carrying it fits in
+/// the default 1 MiB send buffer with room to spare for the member list.
+pub const DEFAULT_HISTORY_BYTES: usize = 256 * 1024;
 
 /// The whole chat: every member and every room.
 pub struct Chat {
-    /// How many message events each room keeps for newcomers.
-    history_limit: usize,
+    /// How much history each room keeps for newcomers.
+    history_limit: HistoryLimit,
     /// How fast a member may send frames, if limited.
     rate_limit: Option<RateLimit>,
     /// Members by connection.
@@ -53,8 +58,8 @@ struct Member {
 struct Room {
     /// Members by id; ids grow with arrival, so iteration lists them in order of arrival.
     members: BTreeMap<u64, Token>,
-    /// The last `history_limit` messages, oldest first.
-    history: VecDeque<Line>,
+    /// The latest messages, within `history_limit`.
+    history: History,
 }
 
 impl Room {
@@ -69,24 +74,24 @@ impl Room {
     }
 }
 
-/// A message kept in a room's history.
-struct Line {
-    from_id: u64,
-    from_name: String,
-    text: String,
-    ts: u64,
-}
-
 impl Chat {
-    pub fn new(history_limit: usize) -> Self {
+    /// A chat whose rooms keep their latest `history` messages (within `DEFAULT_HISTORY_BYTES`).
+    pub fn new(history: usize) -> Self {
         Chat {
-            history_limit,
+            history_limit: HistoryLimit { messages: history, bytes: DEFAULT_HISTORY_BYTES },
             rate_limit: None,
             members: HashMap::new(),
             names: HashMap::new(),
             rooms: HashMap::new(),
             next_id: 1,
         }
+    }
+
+    /// Caps each room's history at `bytes` of JSON. Keep it well under the clients' send buffer:
+    /// a welcome carries the whole history and the member list in one frame.
+    pub fn with_history_bytes(mut self, bytes: usize) -> Self {
+        self.history_limit.bytes = bytes;
+        self
     }
 
     /// Limits every member to `limit`: frames over it are dropped and answered with a
@@ -186,18 +191,12 @@ impl Chat {
             text,
             ts,
         };
-        room.broadcast(Some(member.id), Event::Message(view).to_json().into(), out);
-        if self.history_limit > 0 {
-            if room.history.len() == self.history_limit {
-                room.history.pop_front();
-            }
-            room.history.push_back(Line {
-                from_id: member.id,
-                from_name: member.name.clone(),
-                text: text.to_owned(),
-                ts,
-            });
-        }
+        let payload = Event::Message(view).to_json();
+        let size = payload.len();
+        room.broadcast(Some(member.id), payload.into(), out);
+        let line =
+            Line { from_id: member.id, from_name: member.name.clone(), text: text.to_owned(), ts, size };
+        room.history.push(line, self.history_limit);
     }
 
     fn rename<O: Outbox>(&mut self, token: Token, name: String, out: &mut O) {
@@ -260,7 +259,7 @@ impl Chat {
         let member = &self.members[&token];
         let history = self.rooms.get(&member.room).map(|room| {
             room.history
-                .iter()
+                .lines()
                 .map(|line| MessageView {
                     room: &member.room,
                     from: UserView { id: line.from_id, name: &line.from_name },

@@ -64,7 +64,8 @@ struct Envelope<'a> {
 /// Parses one text frame. A frame that does not start with `{` (after leading whitespace) is a
 /// chat message whose text is the whole frame, so people on `websocat` can just type.
 pub fn parse_request(frame: &str) -> Result<Request<'_>, Rejection> {
-    if !frame.trim_start().starts_with('{') {
+    // JSON's own whitespace only: a frame starting with, say, a no-break space is plain text.
+    if !frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
         return Ok(Request::Message { text: Cow::Borrowed(frame) });
     }
     let envelope: Envelope = serde_json::from_str(frame)

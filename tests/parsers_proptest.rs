@@ -1,0 +1,824 @@
+//! Property-based tests of everything a peer's bytes reach before and after the handshake: the
+//! HTTP request-head parser, the upgrade check, the chat's frame parser and the chat state machine.
+//!
+//! The chat-session model and its checking outbox live in `fuzz/chat_model.rs`, shared with the
+//! `chat_session` fuzz target. Failures are not persisted to a file: a failing case found here is
+//! added below as a plain `#[test]` regression instead.
+
+#[path = "../fuzz/chat_model.rs"]
+mod chat_model;
+
+use chat_model::{Op, SLOTS};
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::Config as ProptestConfig;
+use serde_json::{Map, Value, json};
+use wschat::chat::protocol::{Request, parse_request};
+use wschat::http::{MAX_HEAD_BYTES, Parse, check_upgrade, parse_head};
+
+/// Cases per property: `default`, tuned to keep the file near 1 s in release and 6 s in debug;
+/// `PROPTEST_CASES=N` overrides it for a deeper run.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks shared by the HTTP properties.
+
+/// Checks that `response` is a whole 4xx response as `wschat::http::response` writes them
+/// (status line, `Content-Length` matching the body, `Connection: close`) and returns its status.
+fn assert_client_error(response: &[u8]) -> u16 {
+    assert!(
+        response.starts_with(b"HTTP/1.1 4"),
+        "not a 4xx response: {:?}",
+        String::from_utf8_lossy(response)
+    );
+    let text = std::str::from_utf8(response).expect("responses are UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head ends with an empty line");
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .expect("every response has a Content-Length");
+    assert_eq!(length.parse::<usize>().expect("a number"), body.len(), "Content-Length is the body's length");
+    assert!(head.lines().any(|line| line == "Connection: close"), "every response closes: {head}");
+    text[9..12].parse().expect("a three-digit status")
+}
+
+/// What `parse_head` made of some bytes, with its invariants checked.
+#[derive(Debug, PartialEq)]
+enum Head {
+    Partial,
+    Complete { length: usize, method: String, target: String, origin: Option<String>, websocket: bool },
+    Invalid(u16),
+}
+
+/// Parses `bytes` and checks what must hold whatever they are: no panic; `Partial` only below
+/// the 16 KiB bound; a complete head of at most 16 KiB that parses the same on its own; every
+/// error a whole 4xx response; and, for an upgrade, `check_upgrade` either accepts the head or
+/// answers 4xx.
+fn check_head(bytes: &[u8]) -> Head {
+    match parse_head(bytes) {
+        Parse::Partial => {
+            assert!(bytes.len() < MAX_HEAD_BYTES, "{} bytes are still partial", bytes.len());
+            Head::Partial
+        }
+        Parse::Invalid(response) => Head::Invalid(assert_client_error(&response)),
+        Parse::Complete { head, length } => {
+            assert!(0 < length && length <= bytes.len() && length <= MAX_HEAD_BYTES, "length {length}");
+            assert!(!head.method.is_empty() && !head.target.is_empty());
+            let Parse::Complete { head: again, length: again_length } = parse_head(&bytes[..length]) else {
+                panic!("the head alone does not parse");
+            };
+            assert_eq!(again_length, length);
+            assert_eq!(
+                (&again.method, &again.target, &again.origin),
+                (&head.method, &head.target, &head.origin)
+            );
+            assert_eq!(again.wants_websocket, head.wants_websocket);
+            if head.wants_websocket
+                && let Err(response) = check_upgrade(&bytes[..length])
+            {
+                assert_client_error(&response);
+            }
+            Head::Complete {
+                length,
+                method: head.method,
+                target: head.target,
+                origin: head.origin,
+                websocket: head.wants_websocket,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building valid upgrade requests.
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for group in bytes.chunks(3) {
+        let n = group.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Percent-encodes `bytes` for a query value, each byte literally, as `%XX` (either case) or, for
+/// a space, as `+`, as `style` says.
+fn percent_encode(bytes: &[u8], style: u8) -> String {
+    let mut out = String::new();
+    for (i, &byte) in bytes.iter().enumerate() {
+        let pick = style.rotate_left(i as u32 % 8) & 3;
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' if pick != 0 => {
+                out.push(char::from(byte))
+            }
+            b' ' if pick != 0 => out.push('+'),
+            _ if pick == 1 => out.push_str(&format!("%{byte:02x}")),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// `name` in a random mix of upper and lower case.
+fn recase(name: &str, seed: u64) -> String {
+    name.chars()
+        .enumerate()
+        .map(|(i, c)| if seed >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+        .collect()
+}
+
+/// A valid upgrade request and what it says.
+#[derive(Debug, Clone)]
+struct Upgrade {
+    bytes: Vec<u8>,
+    target: String,
+    origin: Option<String>,
+    /// Where each header line starts, for mutations that work on lines.
+    line_starts: Vec<usize>,
+}
+
+/// Query values: names and rooms people use, and arbitrary bytes (also invalid UTF-8).
+fn query_value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        "[a-z]{1,8}".prop_map(String::into_bytes),
+        "\\PC{0,12}".prop_map(String::into_bytes),
+        prop::collection::vec(any::<u8>(), 0..12),
+    ]
+}
+
+fn request_target() -> impl Strategy<Value = String> {
+    ("/[a-zA-Z0-9._~/-]{0,16}", prop::option::of(query_value()), prop::option::of(query_value()), any::<u8>())
+        .prop_map(|(path, name, room, style)| {
+            let mut params = Vec::new();
+            if let Some(name) = name {
+                params.push(format!("name={}", percent_encode(&name, style)));
+            }
+            if let Some(room) = room {
+                params.push(format!("room={}", percent_encode(&room, style.rotate_left(3))));
+            }
+            if params.is_empty() { path } else { format!("{path}?{}", params.join("&")) }
+        })
+}
+
+prop_compose! {
+    fn valid_upgrade()(
+        target in request_target(),
+        key in prop::array::uniform16(any::<u8>()),
+        origin in prop::option::of("https?://[a-z]{1,10}(\\.[a-z]{2,3})?(:[0-9]{1,5})?"),
+        extra in prop::collection::vec(("X-[A-Za-z0-9-]{1,12}", "[!-~]([ -~]{0,30}[!-~])?"), 0..6),
+        connection in prop::sample::select(
+            vec!["Upgrade", "upgrade", "keep-alive, Upgrade", "Upgrade, HTTP2-Settings"],
+        ),
+        upgrade in prop::sample::select(vec!["websocket", "WebSocket", "WEBSOCKET"]),
+        case_seed in any::<u64>(),
+        order_seed in any::<u64>(),
+        bare_lf in prop::bool::weighted(0.1),
+    ) -> Upgrade {
+        let mut headers: Vec<(String, String)> = vec![
+            ("Host".into(), "chat.example:9001".into()),
+            ("Upgrade".into(), upgrade.into()),
+            ("Connection".into(), connection.into()),
+            ("Sec-WebSocket-Key".into(), base64(&key)),
+            ("Sec-WebSocket-Version".into(), "13".into()),
+        ];
+        if let Some(origin) = &origin {
+            headers.push(("Origin".into(), origin.clone()));
+        }
+        headers.extend(extra);
+        // A deterministic shuffle and re-casing of the header names.
+        let mut seed = order_seed;
+        for i in (1..headers.len()).rev() {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            headers.swap(i, (seed >> 33) as usize % (i + 1));
+        }
+        let eol = if bare_lf { "\n" } else { "\r\n" };
+        let mut text = format!("GET {target} HTTP/1.1{eol}");
+        let mut line_starts = Vec::new();
+        for (name, value) in &headers {
+            line_starts.push(text.len());
+            text.push_str(&format!("{}: {value}{eol}", recase(name, case_seed)));
+        }
+        text.push_str(eol);
+        Upgrade { bytes: text.into_bytes(), target, origin, line_starts }
+    }
+}
+
+/// Ways to damage a request.
+#[derive(Debug, Clone)]
+enum Mutation {
+    FlipByte(Index, u8),
+    Truncate(Index),
+    Insert(Index, Vec<u8>),
+    Remove(Index, usize),
+    DuplicateLine(Index, usize),
+    /// A header line of this many bytes (16 KiB and more), inserted before some line.
+    HugeHeader(Index, usize),
+    /// This many extra header lines (around the 64-header limit).
+    ManyHeaders(usize),
+    /// Every CRLF becomes LF, or one CRLF disappears.
+    StripCr,
+    DropLineEnd(Index),
+    Lowercase,
+    /// Bytes 0x80-0xFF (not UTF-8) in some header's value.
+    NonUtf8Value(Index, Vec<u8>),
+    /// The request is prefixed by a TLS ClientHello record header.
+    TlsPrefix(u8),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        4 => (any::<Index>(), 1..=255u8).prop_map(|(i, x)| Mutation::FlipByte(i, x)),
+        2 => any::<Index>().prop_map(Mutation::Truncate),
+        3 => (any::<Index>(), prop::collection::vec(any::<u8>(), 1..8))
+            .prop_map(|(i, b)| Mutation::Insert(i, b)),
+        2 => (any::<Index>(), 1..8usize).prop_map(|(i, n)| Mutation::Remove(i, n)),
+        2 => (any::<Index>(), 1..70usize).prop_map(|(i, n)| Mutation::DuplicateLine(i, n)),
+        1 => (any::<Index>(), MAX_HEAD_BYTES - 64..MAX_HEAD_BYTES + 256)
+            .prop_map(|(i, n)| Mutation::HugeHeader(i, n)),
+        1 => (50..80usize).prop_map(Mutation::ManyHeaders),
+        1 => Just(Mutation::StripCr),
+        1 => any::<Index>().prop_map(Mutation::DropLineEnd),
+        1 => Just(Mutation::Lowercase),
+        2 => (any::<Index>(), prop::collection::vec(0x80..=0xFFu8, 1..6))
+            .prop_map(|(i, b)| Mutation::NonUtf8Value(i, b)),
+        1 => (0..=4u8).prop_map(Mutation::TlsPrefix),
+    ]
+}
+
+/// The index of the first line starting with `prefix` (ASCII case-insensitively).
+fn header_line(lines: &[String], prefix: &str) -> usize {
+    lines.iter().position(|line| line.to_ascii_lowercase().starts_with(prefix)).expect("the header is there")
+}
+
+fn apply(request: &Upgrade, mutations: &[Mutation]) -> Vec<u8> {
+    let mut bytes = request.bytes.clone();
+    let line_start = |bytes: &[u8], index: &Index| -> usize {
+        // Recompute line starts, since earlier mutations move them.
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1))
+            .collect();
+        starts[index.index(starts.len())].min(bytes.len())
+    };
+    for mutation in mutations {
+        let len = bytes.len();
+        match mutation {
+            Mutation::FlipByte(i, x) if len > 0 => bytes[i.index(len)] ^= x,
+            Mutation::Truncate(i) => bytes.truncate(i.index(len + 1)),
+            Mutation::Insert(i, extra) => {
+                let at = i.index(len + 1);
+                bytes.splice(at..at, extra.iter().copied());
+            }
+            Mutation::Remove(i, n) if len > 0 => {
+                let at = i.index(len);
+                bytes.drain(at..(at + n).min(len));
+            }
+            Mutation::DuplicateLine(i, times) if !request.line_starts.is_empty() => {
+                let start = request.line_starts[i.index(request.line_starts.len())].min(len);
+                let end = bytes[start..].iter().position(|&b| b == b'\n').map_or(len, |p| start + p + 1);
+                let line = bytes[start..end].to_vec();
+                for _ in 0..*times {
+                    bytes.splice(end..end, line.iter().copied());
+                }
+            }
+            Mutation::HugeHeader(i, size) => {
+                let at = line_start(&bytes, i).max(1).min(bytes.len());
+                let line = format!("X-Huge: {}\r\n", "h".repeat(size.saturating_sub(10)));
+                bytes.splice(at..at, line.into_bytes());
+            }
+            Mutation::ManyHeaders(count) => {
+                let at = request.line_starts.first().copied().unwrap_or(0).min(len);
+                let lines: String = (0..*count).map(|n| format!("X-Filler-{n}: {n}\r\n")).collect();
+                bytes.splice(at..at, lines.into_bytes());
+            }
+            Mutation::StripCr => bytes.retain(|&b| b != b'\r'),
+            Mutation::DropLineEnd(i) => {
+                let crlfs: Vec<usize> =
+                    bytes.windows(2).enumerate().filter(|(_, w)| w == b"\r\n").map(|(p, _)| p).collect();
+                if !crlfs.is_empty() {
+                    let at = crlfs[i.index(crlfs.len())];
+                    bytes.drain(at..at + 2);
+                }
+            }
+            Mutation::Lowercase => bytes.make_ascii_lowercase(),
+            Mutation::NonUtf8Value(i, junk) => {
+                let start = line_start(&bytes, i);
+                if let Some(colon) = bytes[start..].iter().position(|&b| b == b':') {
+                    let at = start + colon + 1;
+                    bytes.splice(at..at, junk.iter().copied());
+                }
+            }
+            Mutation::TlsPrefix(minor) => {
+                bytes.splice(0..0, [0x16, 0x03, *minor, 0x01, 0x00]);
+            }
+            _ => {}
+        }
+    }
+    bytes
+}
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP properties.
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(1024), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic_the_head_parser(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        check_head(&bytes);
+    }
+
+    #[test]
+    fn request_lines_followed_by_random_bytes_never_panic_the_head_parser(
+        method in prop::sample::select(vec!["GET", "POST", "get", "OPTIONS", "PRI", "G\u{e9}T"]),
+        target in "[ -~]{0,20}",
+        version in prop::sample::select(vec!["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.", "http/1.1", ""]),
+        rest in prop::collection::vec(
+            prop_oneof![any::<u8>(), Just(b'\r'), Just(b'\n'), Just(b':'), Just(b' ')], 0..200),
+    ) {
+        let mut bytes = format!("{method} {target} {version}\r\n").into_bytes();
+        bytes.extend(rest);
+        check_head(&bytes);
+        let _ = check_upgrade(&bytes).map_err(|response| assert_client_error(&response));
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_upgrade_check(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        if let Err(response) = check_upgrade(&bytes) {
+            assert_client_error(&response);
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_a_valid_request_is_partial_then_complete(request in valid_upgrade()) {
+        let bytes = &request.bytes;
+        for end in 0..bytes.len() {
+            prop_assert_eq!(check_head(&bytes[..end]), Head::Partial, "prefix of {} bytes", end);
+        }
+        let head = check_head(bytes);
+        let expected = Head::Complete {
+            length: bytes.len(),
+            method: "GET".into(),
+            target: request.target.clone(),
+            origin: request.origin.clone(),
+            websocket: true,
+        };
+        prop_assert_eq!(head, expected);
+        prop_assert_eq!(check_upgrade(bytes), Ok(()));
+    }
+
+    #[test]
+    fn bytes_after_a_complete_head_do_not_change_its_parse(
+        request in valid_upgrade(),
+        tail in prop::collection::vec(any::<u8>(), 1..64),
+    ) {
+        let mut bytes = request.bytes.clone();
+        bytes.extend(&tail);
+        let Head::Complete { length, target, .. } = check_head(&bytes) else { panic!("not complete") };
+        prop_assert_eq!(length, request.bytes.len());
+        prop_assert_eq!(target, request.target);
+    }
+
+    #[test]
+    fn mutated_upgrade_requests_get_a_head_or_a_4xx_never_a_panic(
+        request in valid_upgrade(),
+        mutations in prop::collection::vec(mutation(), 1..4),
+    ) {
+        check_head(&apply(&request, &mutations));
+    }
+
+    #[test]
+    fn tls_client_hellos_get_400(minor in 0..=4u8, rest in prop::collection::vec(any::<u8>(), 0..300)) {
+        let mut bytes = vec![0x16, 0x03, minor];
+        bytes.extend(rest);
+        prop_assert_eq!(check_head(&bytes), Head::Invalid(400));
+    }
+
+    #[test]
+    fn heads_reaching_16_kib_get_431(
+        request in valid_upgrade(),
+        filler in MAX_HEAD_BYTES..MAX_HEAD_BYTES + 2048,
+        terminated in any::<bool>(),
+    ) {
+        // A header line so long that the head cannot end within 16 KiB, with or without the
+        // rest of the request after it.
+        let mut bytes = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
+        bytes.resize(filler, b'a');
+        if terminated {
+            bytes.extend_from_slice(b"\r\n");
+            bytes.extend_from_slice(&request.bytes[request.line_starts[0]..]);
+        }
+        prop_assert_eq!(check_head(&bytes), Head::Invalid(431));
+        // What the reactor passes: never more than 16 KiB.
+        prop_assert_eq!(check_head(&bytes[..MAX_HEAD_BYTES]), Head::Invalid(431));
+    }
+
+    #[test]
+    fn more_than_64_headers_get_431_and_up_to_64_parse(count in 1..100usize) {
+        let mut text = String::from("GET / HTTP/1.1\r\n");
+        for n in 0..count {
+            text.push_str(&format!("X-H{n}: {n}\r\n"));
+        }
+        text.push_str("\r\n");
+        match check_head(text.as_bytes()) {
+            Head::Complete { length, .. } => prop_assert!(count <= 64 && length == text.len()),
+            Head::Invalid(status) => prop_assert!(count > 64 && status == 431),
+            Head::Partial => prop_assert!(false, "partial"),
+        }
+    }
+
+    #[test]
+    fn a_websocket_version_other_than_13_gets_426(
+        request in valid_upgrade(),
+        version in prop::option::of("[0-9a-z ,.]{0,5}"),
+    ) {
+        prop_assume!(version.as_deref().is_none_or(|v| v.trim() != "13"));
+        let text = String::from_utf8(request.bytes).expect("built as text");
+        let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
+        let index = header_line(&lines, "sec-websocket-version:");
+        match &version {
+            Some(version) => lines[index] = format!("Sec-WebSocket-Version: {version}\r\n"),
+            None => { lines.remove(index); }
+        }
+        let response = check_upgrade(lines.concat().as_bytes()).expect_err("not version 13");
+        prop_assert_eq!(assert_client_error(&response), 426);
+        prop_assert!(String::from_utf8_lossy(&response).contains("\r\nSec-WebSocket-Version: 13\r\n"));
+    }
+
+    #[test]
+    fn a_missing_or_malformed_websocket_key_gets_400(
+        request in valid_upgrade(),
+        key in prop::option::of(prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..40)
+                .prop_filter("not 16 bytes", |k| k.len() != 16)
+                .prop_map(|k| base64(&k)),
+            "[A-Za-z0-9+/]{22}[!-*,-.:-<>-@_-]=",
+            "[ -~]{0,30}".prop_filter("not 24 long", |k| k.trim().len() != 24),
+        ]),
+    ) {
+        let text = String::from_utf8(request.bytes).expect("built as text");
+        let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
+        let index = header_line(&lines, "sec-websocket-key:");
+        match &key {
+            Some(key) => lines[index] = format!("Sec-WebSocket-Key: {key}\r\n"),
+            None => { lines.remove(index); }
+        }
+        let response = check_upgrade(lines.concat().as_bytes()).expect_err("bad key");
+        prop_assert_eq!(assert_client_error(&response), 400);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The frame parser.
+
+/// What `parse_request` made of a frame, owned, with error codes as their wire names.
+#[derive(Debug, PartialEq)]
+enum Parsed {
+    Message(String),
+    Nick(String),
+    Join(String),
+    Who,
+    Ping,
+    Error(String),
+}
+
+fn parsed(frame: &str) -> Parsed {
+    match parse_request(frame) {
+        Ok(Request::Message { text }) => Parsed::Message(text.into_owned()),
+        Ok(Request::Nick { name }) => Parsed::Nick(name.into_owned()),
+        Ok(Request::Join { room }) => Parsed::Join(room.into_owned()),
+        Ok(Request::Who) => Parsed::Who,
+        Ok(Request::Ping) => Parsed::Ping,
+        Err(rejection) => {
+            let code = serde_json::to_value(rejection.code).expect("codes serialize");
+            Parsed::Error(code.as_str().expect("codes are strings").to_owned())
+        }
+    }
+}
+
+/// What the README says a JSON object frame means.
+fn documented_meaning(object: &Map<String, Value>) -> Parsed {
+    let error = |code: &str| Parsed::Error(code.to_owned());
+    // `type`, `text`, `name` and `room` must be strings when present (null counts as absent).
+    let field = |key: &str| match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(()),
+    };
+    let (Ok(kind), Ok(text), Ok(name), Ok(room)) =
+        (field("type"), field("text"), field("name"), field("room"))
+    else {
+        return error("bad_json");
+    };
+    let required =
+        |value: Option<String>, wrap: fn(String) -> Parsed| value.map_or(error("missing_field"), wrap);
+    match kind.as_deref() {
+        None => error("missing_field"),
+        Some("message") => required(text, Parsed::Message),
+        Some("nick") => required(name, Parsed::Nick),
+        Some("join") => required(room, Parsed::Join),
+        Some("who") => Parsed::Who,
+        Some("ping") => Parsed::Ping,
+        Some(_) => error("unknown_type"),
+    }
+}
+
+fn interesting_string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "message", "nick", "join", "who", "ping", "Message", "", " ", "type", "\u{0}"
+        ])
+        .prop_map(String::from),
+        any::<String>(),
+        "[a-z\"\\\\{}]{0,8}",
+    ]
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        interesting_string().prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec((interesting_string(), inner), 0..4)
+                .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+        ]
+    })
+}
+
+/// Objects with the fields requests use, each absent, a string or any value, plus extra fields.
+fn request_object() -> impl Strategy<Value = Map<String, Value>> {
+    let field = || {
+        prop::option::of(prop_oneof![
+            3 => interesting_string().prop_map(Value::from),
+            1 => json_value(),
+        ])
+    };
+    (field(), field(), field(), field(), prop::collection::vec(("[a-z_]{1,6}", json_value()), 0..3)).prop_map(
+        |(kind, text, name, room, extra)| {
+            let mut object: Map<String, Value> = extra.into_iter().collect();
+            for (key, value) in [("type", kind), ("text", text), ("name", name), ("room", room)] {
+                match value {
+                    Some(value) => object.insert(key.to_owned(), value),
+                    None => object.remove(key),
+                };
+            }
+            object
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(1024), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_frames_never_panic_and_non_objects_are_messages(
+        frame in prop_oneof![any::<String>(), "[ \t\n{}\\[\\]\":,a-z0-9\\\\]{0,40}", "\\s{0,3}\\{.{0,40}"],
+    ) {
+        let result = parsed(&frame);
+        if !frame.trim_start().starts_with('{') {
+            prop_assert_eq!(result, Parsed::Message(frame.clone()));
+        }
+    }
+
+    #[test]
+    fn json_objects_mean_what_the_readme_says(
+        object in request_object(),
+        pretty in any::<bool>(),
+        before in "[ \t\r\n]{0,3}",
+        after in "[ \t\r\n]{0,3}",
+    ) {
+        let json =
+            if pretty { serde_json::to_string_pretty(&object) } else { serde_json::to_string(&object) };
+        let frame = format!("{before}{}{after}", json.expect("values serialize"));
+        prop_assert_eq!(parsed(&frame), documented_meaning(&object), "frame {}", frame);
+    }
+
+    #[test]
+    fn any_json_value_is_a_message_unless_it_is_an_object(value in json_value()) {
+        let frame = value.to_string();
+        match &value {
+            Value::Object(object) => prop_assert_eq!(parsed(&frame), documented_meaning(object)),
+            _ => prop_assert_eq!(parsed(&frame), Parsed::Message(frame.clone())),
+        }
+    }
+
+    #[test]
+    fn an_object_followed_by_anything_but_whitespace_is_bad_json(
+        object in request_object(),
+        tail in "[^ \t\r\n][ -~]{0,5}",
+    ) {
+        let frame = format!("{}{tail}", Value::Object(object));
+        prop_assert_eq!(parsed(&frame), Parsed::Error("bad_json".into()));
+    }
+
+    #[test]
+    fn strings_round_trip_through_message_nick_and_join_requests(text in any::<String>()) {
+        let frame = |value: Value| parsed(&value.to_string());
+        prop_assert_eq!(frame(json!({"type": "message", "text": text})), Parsed::Message(text.clone()));
+        prop_assert_eq!(frame(json!({"name": text, "type": "nick"})), Parsed::Nick(text.clone()));
+        prop_assert_eq!(frame(json!({"type": "join", "x": 1, "room": text})), Parsed::Join(text.clone()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chat state machine.
+
+/// Names chosen to collide, to sit on the length and character limits, and to look like guests.
+fn name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[ab]",
+        1 => "[ab]{2}",
+        2 => prop::sample::select(vec![
+            "alice", "bob", "guest-1", "guest-2", "guest-", "guest-x", "guest-01", "Guest-1", " ", "",
+            "\u{a0}",
+            "a\u{7}", "a\nb", "\u{85}", "\u{200b}", "al ice", "\u{e9}t\u{e9}", "\u{fffd}",
+        ])
+        .prop_map(String::from),
+        1 => "[a\u{e9}]{31,33}",
+        1 => "\\PC{0,12}",
+        1 => ".{0,6}",
+    ]
+}
+
+fn room() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(vec!["lobby", "rust", "Rust", " rust", "", " ", "\t", "r\u{0}", "\u{1b}"])
+            .prop_map(String::from),
+        1 => "[r\u{e9}]{63,65}",
+        1 => "\\PC{0,12}",
+    ]
+}
+
+/// `/chat?name=NAME&room=ROOM`, each parameter there if given, percent-encoded as `style` says.
+fn chat_target((name, room, style): (Option<String>, Option<String>, u8)) -> String {
+    let mut params = Vec::new();
+    if let Some(name) = name {
+        params.push(format!("name={}", percent_encode(name.as_bytes(), style)));
+    }
+    if let Some(room) = room {
+        params.push(format!("room={}", percent_encode(room.as_bytes(), !style)));
+    }
+    format!("/chat?{}", params.join("&"))
+}
+
+fn target() -> impl Strategy<Value = String> {
+    let raw = || {
+        prop_oneof![name().prop_map(String::into_bytes), room().prop_map(String::into_bytes), query_value()]
+    };
+    prop_oneof![
+        1 => Just("/".to_owned()),
+        4 => (prop::option::of(name()), prop::option::of(room()), any::<u8>()).prop_map(chat_target),
+        2 => (raw(), raw(), any::<u8>()).prop_map(|(a, b, style)| {
+            // Repeated parameters (the last wins), empty pairs, junk escapes.
+            format!("/?name={}&&=&name={}&room=%zz%&x", percent_encode(&a, style), percent_encode(&b, style))
+        }),
+        1 => "[ -~]{0,30}",
+    ]
+}
+
+fn frame() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => ".{0,12}".prop_map(|text| json!({"type": "message", "text": text}).to_string()),
+        2 => "[^{ ].{0,12}",
+        3 => name().prop_map(|name| json!({"type": "nick", "name": name}).to_string()),
+        3 => room().prop_map(|room| json!({"type": "join", "room": room}).to_string()),
+        1 => Just(r#"{"type":"who"}"#.to_owned()),
+        1 => Just(r#"{"type":"ping"}"#.to_owned()),
+        1 => json_value().prop_map(|value| value.to_string()),
+        1 => request_object().prop_map(|object| Value::Object(object).to_string()),
+        1 => "\\s?\\{.{0,12}",
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let slot = || 0..SLOTS;
+    prop_oneof![
+        3 => (slot(), target()).prop_map(|(slot, target)| Op::Open { slot, target }),
+        8 => (slot(), frame()).prop_map(|(slot, frame)| Op::Text { slot, frame }),
+        1 => slot().prop_map(|slot| Op::Binary { slot }),
+        2 => slot().prop_map(|slot| Op::Close { slot }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(512), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random opens, frames and closes: the chat sends exactly what the README's rules say, only
+    /// to open connections, only JSON objects with a string `type`, and names stay unique.
+    #[test]
+    fn chat_sessions_follow_the_rules_and_never_send_to_closed_connections(
+        history_limit in 0..4usize,
+        ops in prop::collection::vec(op(), 1..60),
+    ) {
+        chat_model::run(history_limit, &ops);
+    }
+
+    /// The fuzz target's byte decoding, under the same checks.
+    #[test]
+    fn chat_sessions_decoded_from_random_bytes_follow_the_rules(
+        bytes in prop::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let (history_limit, ops) = chat_model::ops_from_bytes(&bytes);
+        chat_model::run(history_limit, &ops);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed cases: the edges the strategies aim at, kept as plain tests.
+
+#[test]
+fn the_model_agrees_on_a_known_session() {
+    let text = |slot, frame: &str| Op::Text { slot, frame: frame.to_owned() };
+    chat_model::run(
+        2,
+        &[
+            Op::Open { slot: 0, target: "/?name=alice".into() },
+            Op::Open { slot: 1, target: "/?name=alice&room=r%C3%A9".into() },
+            text(1, r#"{"type":"join","room":"lobby"}"#),
+            text(1, r#"{"type":"nick","name":"alice"}"#),
+            text(0, "hello"),
+            text(0, "again"),
+            text(0, "third"),
+            Op::Open { slot: 2, target: "/?name=guest-3".into() },
+            Op::Binary { slot: 1 },
+            Op::Open { slot: 1, target: "/?name=bob".into() },
+            text(1, r#"{"type":"nick","name":"alice"}"#),
+            Op::Close { slot: 0 },
+            text(1, r#"{"type":"nick","name":"alice"}"#),
+            text(2, r#"{"type":"who"}"#),
+            text(2, r#"{"type":"ping","text":null}"#),
+        ],
+    );
+}
+
+#[test]
+fn a_head_of_exactly_16_kib_is_complete_and_one_byte_more_is_431() {
+    let mut head = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+    head.resize(MAX_HEAD_BYTES - 4, b'p');
+    head.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(head.len(), MAX_HEAD_BYTES);
+    assert!(matches!(check_head(&head), Head::Complete { length: MAX_HEAD_BYTES, .. }));
+    head.insert(20, b'p');
+    assert_eq!(check_head(&head), Head::Invalid(431));
+    assert_eq!(check_head(&head[..MAX_HEAD_BYTES]), Head::Invalid(431));
+}
+
+#[test]
+fn duplicate_request_fields_are_bad_json() {
+    assert_eq!(parsed(r#"{"type":"who","type":"ping"}"#), Parsed::Error("bad_json".into()));
+    assert_eq!(parsed(r#"{"type":"nick","name":"a","name":"b"}"#), Parsed::Error("bad_json".into()));
+}
+
+/// Records the size of every frame the chat sends, per connection.
+#[derive(Default)]
+struct SizeRecorder {
+    sizes: Vec<(usize, usize)>,
+}
+
+impl wschat::handler::Outbox for SizeRecorder {
+    fn send(&mut self, to: mio::Token, message: wschat::handler::Message) {
+        self.sizes.push((to.0, message.len()));
+    }
+
+    fn close(&mut self, _to: mio::Token, _code: wschat::handler::CloseCode, _reason: &'static str) {}
+
+    fn unix_time_ms(&self) -> u64 {
+        0
+    }
+}
+
+/// Regression (found by reading, reproduced against the server): the welcome carries the whole
+/// room history in one frame, and a JSON-escaped control character takes 6 bytes, so three
+/// 60 000-byte messages of `\u{1}` (or 17 plain 64 KiB ones) make every later newcomer's
+/// welcome over 1 MiB, the default `--max-send-buffer`: tungstenite refuses the frame
+/// (`WriteBufferFull`) and the newcomer is closed with 1008 "send buffer full" before it sees
+/// anything. One member can make a room unjoinable. Ignored until the history is bounded in
+/// bytes (see the fuzz README's report).
+#[test]
+fn a_welcome_fits_in_the_default_send_buffer_whatever_the_history() {
+    use wschat::handler::{Handler, Message};
+    const DEFAULT_MAX_SEND_BUFFER: usize = 1024 * 1024;
+    let (mut chat, mut out) = (wschat::Chat::new(50), SizeRecorder::default());
+    chat.on_open(mio::Token(0), "/?name=mallory&room=poison", &mut out);
+    for _ in 0..3 {
+        chat.on_message(mio::Token(0), Message::text("\u{1}".repeat(60_000)), &mut out);
+    }
+    out.sizes.clear();
+    chat.on_open(mio::Token(1), "/?name=bob&room=poison", &mut out);
+    let welcome = out.sizes.iter().find(|(to, _)| *to == 1).expect("a welcome").1;
+    assert!(welcome <= DEFAULT_MAX_SEND_BUFFER, "the welcome takes {welcome} bytes");
+}
