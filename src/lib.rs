@@ -12,6 +12,7 @@
 //!   - `reactor/pre_websocket.rs`: a connection's request, its routing, its HTTP response or its
 //!     handshake (resumed from tungstenite's `MidHandshake`).
 //!   - `reactor/deadlines.rs`: handshake, heartbeat and close deadlines.
+//!   - `reactor/shutdown.rs`: SIGINT and SIGTERM, and the graceful shutdown they start.
 //!   - `reactor/route.rs`: what a complete request head becomes.
 //!   - `reactor/failure.rs`: the one place tungstenite errors are sorted.
 //! - [`handler`]: the seam between reactor and application ([`handler::Handler`],

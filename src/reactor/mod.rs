@@ -13,6 +13,7 @@ mod deadlines;
 mod failure;
 mod pre_websocket;
 mod route;
+mod shutdown;
 mod socket;
 mod stats;
 mod throttle;
@@ -29,7 +30,7 @@ use tungstenite::Message;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::config::Config;
-use crate::handler::{CloseCode, Handler};
+use crate::handler::Handler;
 use accept::Acceptor;
 use connection::{Connection, Flushed, Phase, ReplyState};
 use connections::{Connections, Ending};
@@ -169,66 +170,6 @@ impl<H: Handler> Reactor<H> {
         self.flush_queued();
         self.connections.reap();
         Ok(self.shutdown_progress())
-    }
-
-    /// SIGINT or SIGTERM: the first starts a graceful shutdown, a second one stops at once.
-    fn on_signals(&mut self) -> Flow {
-        // Drain the pipe (edge-triggered, like every other source).
-        let count = self.signals.pending().count();
-        if count == 0 {
-            return Flow::Continue;
-        }
-        if self.shutdown_deadline.is_some() || count > 1 {
-            warn!("second signal: stopping now");
-            return Flow::Stop;
-        }
-        self.begin_shutdown();
-        Flow::Continue
-    }
-
-    /// Stops accepting, sends every client a close frame with 1001 "going away", and leaves the
-    /// loop running until the close handshakes are done or `--shutdown-timeout` has passed.
-    fn begin_shutdown(&mut self) {
-        info!(
-            "shutting down: closing {} connections (at most {:?})",
-            self.connections.stats.connections, self.shutdown_timeout
-        );
-        self.shutdown_deadline = Some(self.connections.now + self.shutdown_timeout);
-        self.acceptor.stop(self.poll.registry());
-        let tokens: Vec<Token> = self.connections.slab.iter().map(|(key, _)| Token(key)).collect();
-        let mut closed = Vec::new();
-        for token in tokens {
-            let Some(connection) = self.connections.slab.get(token.0) else { continue };
-            match connection.phase {
-                // Every close frame is queued before any handler call, so the handler's goodbyes
-                // (the chat's `left` events) find everyone closing and cost nothing to send.
-                Phase::Open(_) => {
-                    if self.detach(token, Ending::Close(CloseCode::Away, "server shutting down")) {
-                        closed.push(token);
-                    }
-                }
-                Phase::Request(_) | Phase::Handshake(_) => self.end(token, Ending::Drop),
-                Phase::Closing(_) | Phase::Failing(_) | Phase::Reply(_) | Phase::Done => {}
-            }
-        }
-        for token in closed {
-            self.notify_closed(token);
-        }
-    }
-
-    /// After each iteration of a shutdown: stop once every connection is gone or time is up.
-    fn shutdown_progress(&mut self) -> Flow {
-        let Some(deadline) = self.shutdown_deadline else { return Flow::Continue };
-        let remaining = self.connections.slab.len();
-        if remaining == 0 {
-            info!("shutdown complete");
-            return Flow::Stop;
-        }
-        if self.connections.now >= deadline {
-            warn!("shutdown timeout: dropping {remaining} connections that did not finish closing");
-            return Flow::Stop;
-        }
-        Flow::Continue
     }
 
     fn accept_until_would_block(&mut self) {

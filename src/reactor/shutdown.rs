@@ -1,0 +1,73 @@
+//! Graceful shutdown: the first SIGINT or SIGTERM stops the accepting and starts a close
+//! handshake with every client; the loop runs on until they are done or time is up. A second
+//! signal stops at once.
+
+use log::{info, warn};
+use mio::Token;
+
+use super::connection::Phase;
+use super::connections::Ending;
+use super::{Flow, Reactor};
+use crate::handler::{CloseCode, Handler};
+
+impl<H: Handler> Reactor<H> {
+    /// SIGINT or SIGTERM: the first starts a graceful shutdown, a second one stops at once.
+    pub(super) fn on_signals(&mut self) -> Flow {
+        // Drain the pipe (edge-triggered, like every other source).
+        let count = self.signals.pending().count();
+        if count == 0 {
+            return Flow::Continue;
+        }
+        if self.shutdown_deadline.is_some() || count > 1 {
+            warn!("second signal: stopping now");
+            return Flow::Stop;
+        }
+        self.begin_shutdown();
+        Flow::Continue
+    }
+
+    /// Stops accepting, sends every client a close frame with 1001 "going away", and leaves the
+    /// loop running until the close handshakes are done or `--shutdown-timeout` has passed.
+    fn begin_shutdown(&mut self) {
+        info!(
+            "shutting down: closing {} connections (at most {:?})",
+            self.connections.stats.connections, self.shutdown_timeout
+        );
+        self.shutdown_deadline = Some(self.connections.now + self.shutdown_timeout);
+        self.acceptor.stop(self.poll.registry());
+        let tokens: Vec<Token> = self.connections.slab.iter().map(|(key, _)| Token(key)).collect();
+        let mut closed = Vec::new();
+        for token in tokens {
+            let Some(connection) = self.connections.slab.get(token.0) else { continue };
+            match connection.phase {
+                // Every close frame is queued before any handler call, so the handler's goodbyes
+                // (the chat's `left` events) find everyone closing and cost nothing to send.
+                Phase::Open(_) => {
+                    if self.detach(token, Ending::Close(CloseCode::Away, "server shutting down")) {
+                        closed.push(token);
+                    }
+                }
+                Phase::Request(_) | Phase::Handshake(_) => self.end(token, Ending::Drop),
+                Phase::Closing(_) | Phase::Failing(_) | Phase::Reply(_) | Phase::Done => {}
+            }
+        }
+        for token in closed {
+            self.notify_closed(token);
+        }
+    }
+
+    /// After each iteration of a shutdown: stop once every connection is gone or time is up.
+    pub(super) fn shutdown_progress(&mut self) -> Flow {
+        let Some(deadline) = self.shutdown_deadline else { return Flow::Continue };
+        let remaining = self.connections.slab.len();
+        if remaining == 0 {
+            info!("shutdown complete");
+            return Flow::Stop;
+        }
+        if self.connections.now >= deadline {
+            warn!("shutdown timeout: dropping {remaining} connections that did not finish closing");
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+}
