@@ -17,8 +17,8 @@
 //!   - `reactor/failure.rs`: the one place tungstenite errors are sorted.
 //! - [`handler`]: the seam between reactor and application ([`handler::Handler`],
 //!   [`handler::Outbox`]).
-//! - [`chat`]: the chat rules as a pure state machine (rooms, names, history, routing), and its
-//!   JSON wire format in [`chat::protocol`].
+//! - [`chat`]: the chat rules as a pure state machine (rooms, names, history, routing), its JSON
+//!   wire format in [`chat::protocol`], its bounded history, its rate limiter and its page.
 //! - [`http`]: request-head parsing and responses for the pre-WebSocket stage.
 //! - [`config`]: every command-line flag and the tungstenite settings derived from them.
 //! - [`timer`]: the hashed timing wheel that holds every deadline (handshakes, heartbeats,
