@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Compares wschat with the tokio baseline (current_thread and multi_thread) on this machine.
+#
+#   benches/compare.sh                 # the full comparison (about 6-7 minutes on 2 cores)
+#   REPS=1 QUICK=1 benches/compare.sh  # a smoke run (about a minute), results in /tmp
+#
+# Builds everything in release mode, then for each repetition, case and server in turn: starts
+# the server pinned to core $SERVER_CPU, runs the load generator pinned to core $LOADGEN_CPU,
+# stops the server. Every run gets a fresh server (so memory and CPU figures are its own).
+# Prints a side-by-side table (medians, min-max), checks the targets of issue 7, and writes
+# docs/bench-results.json (every run, raw) and docs/bench.svg (the fanout ramp).
+#
+# Environment: REPS (default 3), SERVERS (default "wschat tokio-ct tokio-mt"), QUICK=1 (short
+# windows, results under /tmp unless OUT_DIR is set), OUT_DIR (default docs/), SERVER_CPU (0),
+# LOADGEN_CPU (1), WSCHAT_FLAGS (extra wschat flags), TOKIO_FLAGS (extra tokio-chat flags),
+# QUIET_WAIT (seconds, over the whole run, that it may wait for other processes to go quiet
+# before a measurement; default 0: it only warns, and every run records the others' CPU as noise).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH="$ROOT/benches/loadgen"
+REPS=${REPS:-3}
+QUICK=${QUICK:-0}
+SERVERS=${SERVERS:-"wschat tokio-ct tokio-mt"}
+SERVER_CPU=${SERVER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+if [[ $QUICK == 1 ]]; then OUT_DIR=${OUT_DIR:-/tmp/wschat-bench-quick}; else OUT_DIR=${OUT_DIR:-$ROOT/docs}; fi
+mkdir -p "$OUT_DIR"
+WORK=$(mktemp -d /tmp/wschat-bench.XXXXXX)
+RUNS="$WORK/runs.jsonl"
+: >"$RUNS"
+started_at=$(date +%s)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# --- build -------------------------------------------------------------------------------------
+log "building wschat (release)"
+(cd "$ROOT" && cargo build --release --quiet --bin wschat)
+log "building loadgen and tokio-chat (release)"
+CARGO_TARGET_DIR="$BENCH/target" cargo build --release --quiet --manifest-path "$BENCH/Cargo.toml"
+WSCHAT="$ROOT/target/release/wschat"
+TOKIO_CHAT="$BENCH/target/release/tokio-chat"
+LOADGEN="$BENCH/target/release/loadgen"
+
+# wschat flags: no history (the baseline keeps none), no heartbeat during a run, room for 10,000
+# idle connections, no rate limit (if this version has one).
+wschat_flags=(--bind 127.0.0.1:0 --history 0 --log-level info --ping-interval 3600 --max-connections 15000)
+if "$WSCHAT" --help | grep -q -- '--rate-limit'; then wschat_flags+=(--rate-limit 0); fi
+read -r -a extra_wschat <<<"${WSCHAT_FLAGS:-}"
+read -r -a extra_tokio <<<"${TOKIO_FLAGS:-}"
+
+# --- servers -----------------------------------------------------------------------------------
+SERVER_PID=""
+SERVER_ADDR=""
+start_server() {
+    local name=$1 logfile="$WORK/$1.log"
+    local cmd
+    case $name in
+        wschat) cmd=("$WSCHAT" "${wschat_flags[@]}" "${extra_wschat[@]}") ;;
+        tokio-ct) cmd=("$TOKIO_CHAT" --bind 127.0.0.1:0 --runtime current-thread --max-connections 15000 "${extra_tokio[@]}") ;;
+        tokio-mt) cmd=("$TOKIO_CHAT" --bind 127.0.0.1:0 --runtime multi-thread --max-connections 15000 "${extra_tokio[@]}") ;;
+        *) log "unknown server $name"; exit 2 ;;
+    esac
+    : >"$logfile"
+    taskset -c "$SERVER_CPU" "${cmd[@]}" 2>>"$logfile" >/dev/null &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        SERVER_ADDR=$(grep -a -o 'listening on [0-9.]*:[0-9]*' "$logfile" | head -1 | cut -d' ' -f3 || true)
+        [[ -n $SERVER_ADDR ]] && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    log "$name did not start:"; cat "$logfile" >&2; exit 1
+}
+stop_server() {
+    if [[ -n $SERVER_PID ]]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+trap 'stop_server; rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
+
+# --- cases -------------------------------------------------------------------------------------
+if [[ $QUICK == 1 ]]; then
+    fixed=(--warmup 1 --duration 2 --drain-timeout 2)
+    ramp=(--ramp --warmup 1 --step-warmup 0.3 --step-duration 1 --refine 1)
+else
+    fixed=(--warmup 1.5 --duration 4 --drain-timeout 2)
+    ramp=(--ramp --warmup 1 --step-warmup 0.5 --step-duration 2 --refine 3)
+fi
+case_args() {
+    case $1 in
+        fanout-60) echo fanout --receivers 1000 --publishers 1 --rate 60 "${fixed[@]}" ;;
+        fanout-1000) echo fanout --receivers 1000 --publishers 1 --rate 1000 "${fixed[@]}" ;;
+        fanout-ramp) echo fanout --receivers 1000 --publishers 1 "${ramp[@]}" --rates 100,200,400,800,1600,3200,6400,12800 ;;
+        chat-100) echo chat --clients 100 --rate 500 "${fixed[@]}" ;;
+        idle-10k) echo idle --connections 10000 --room-size 100 --concurrency 200 --hold 1 ;;
+    esac
+}
+CASES=${CASES:-"fanout-60 fanout-1000 fanout-ramp chat-100 idle-10k"}
+
+# Busy jiffies (user, nice, system, irq, softirq) of the whole machine.
+busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
+QUIET_WAIT=${QUIET_WAIT:-0}
+quiet_budget=$QUIET_WAIT
+wait_quiet() {
+    # Waits while the machine (with no server or loadgen of ours running) uses over 25% of a core.
+    while ((quiet_budget > 0)); do
+        local before after
+        before=$(busy_ticks); sleep 0.5; after=$(busy_ticks)
+        # Over half a second: 25% of a core is an eighth of a second of ticks.
+        (((after - before) * 800 / $(getconf CLK_TCK) <= 100)) && return 0
+        sleep 0.5
+        quiet_budget=$((quiet_budget - 1))
+        ((quiet_budget % 15 == 0)) && log "waiting for the machine to go quiet (${quiet_budget}s of waiting left)"
+    done
+    return 0
+}
+
+busy=$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 > 20 {printf "%s%s (%s%%)", sep, $2, $1; sep=", "}')
+[[ -n $busy ]] && log "warning: other processes are busy and will add noise: $busy"
+
+total=$((REPS * $(wc -w <<<"$CASES") * $(wc -w <<<"$SERVERS")))
+n=0
+for rep in $(seq "$REPS"); do
+    for case_name in $CASES; do
+        read -r -a args <<<"$(case_args "$case_name")"
+        for server in $SERVERS; do
+            n=$((n + 1))
+            wait_quiet
+            start_server "$server"
+            log "[$n/$total] rep $rep, $case_name, $server (pid $SERVER_PID, $SERVER_ADDR)"
+            if ! taskset -c "$LOADGEN_CPU" "$LOADGEN" "${args[@]}" --url "ws://$SERVER_ADDR/" \
+                --server-pid "$SERVER_PID" --label "$server" --case "$case_name" --rep "$rep" --quiet >>"$RUNS"; then
+                log "run failed: $case_name against $server (server log below)"
+                tail -5 "$WORK/$server.log" >&2
+            fi
+            stop_server
+        done
+    done
+done
+elapsed=$(($(date +%s) - started_at))
+
+# --- report ------------------------------------------------------------------------------------
+lock_version() { awk -v name="$2" '$0 == "name = \"" name "\"" {getline; gsub(/"/, "", $3); print $3; exit}' "$1"; }
+json_string() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
+cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+    commit="$commit+uncommitted"
+fi
+tokio_workers=$(grep -a -o 'with [0-9]* worker' "$WORK/tokio-mt.log" 2>/dev/null | head -1 | cut -d' ' -f2 || true)
+cat >"$WORK/meta.json" <<JSON
+{
+  "date": $(json_string "$(date -u +%Y-%m-%dT%H:%M:%SZ)"),
+  "nproc": $(nproc),
+  "cpu_model": $(json_string "$cpu_model"),
+  "kernel": $(json_string "$(uname -r)"),
+  "rustc": $(json_string "$(rustc --version)"),
+  "wschat_commit": $(json_string "$commit"),
+  "reps": $REPS,
+  "quick": $QUICK,
+  "elapsed_secs": $elapsed,
+  "busy_processes_at_start": $(json_string "$busy"),
+  "versions": {
+    "wschat": $(json_string "$commit"),
+    "wschat mio": $(json_string "$(lock_version "$ROOT/Cargo.lock" mio)"),
+    "wschat tungstenite": $(json_string "$(lock_version "$ROOT/Cargo.lock" tungstenite)"),
+    "tokio": $(json_string "$(lock_version "$BENCH/Cargo.lock" tokio)"),
+    "tokio-tungstenite": $(json_string "$(lock_version "$BENCH/Cargo.lock" tokio-tungstenite)"),
+    "loadgen mio": $(json_string "$(lock_version "$BENCH/Cargo.lock" mio)"),
+    "hdrhistogram": $(json_string "$(lock_version "$BENCH/Cargo.lock" hdrhistogram)")
+  },
+  "setup": $(json_string "server pinned to core $SERVER_CPU, loadgen to core $LOADGEN_CPU; wschat ${wschat_flags[*]}; tokio-mt workers: ${tokio_workers:-?}; $REPS runs per server, medians")
+}
+JSON
+
+"$LOADGEN" report --runs "$RUNS" --meta "$WORK/meta.json" --reference wschat \
+    --out "$OUT_DIR/bench-results.json" --svg "$OUT_DIR/bench.svg" \
+    --target fanout-60:server_cpu_us_per_delivery:ratio\<=0.8 \
+    --target fanout-1000:server_cpu_us_per_delivery:ratio\<=0.8 \
+    --target fanout-ramp:max_sustained_deliveries_per_sec:ratio\>=1.5 \
+    --target idle-10k:rss_per_connection_bytes:value\<=2048 \
+    --target idle-10k:connections_per_sec:ratio\>=1.0
+echo
+echo "machine: $(nproc) cores, $cpu_model; $(date -u +%Y-%m-%d); $(rustc --version); wschat $commit"
+echo "runs: $total in $((elapsed / 60)) min $((elapsed % 60)) s (plus the report)"
