@@ -23,6 +23,10 @@ if cargo tree -e normal --prefix none | grep -Eq '^(tokio|async-std|smol|futures
     exit 1
 fi
 
+step "benchmark tools: the load generator and the tokio baseline speak the protocol"
+cargo build --release --bin wschat
+cargo test --release --manifest-path benches/loadgen/Cargo.toml
+
 step "RFC 6455 conformance (Autobahn fuzzing client against examples/echo)"
 scripts/autobahn.sh
 
