@@ -114,19 +114,9 @@ fn room_ok(room: &str) -> bool {
     (1..=64).contains(&length) && !room.trim().is_empty() && !room.chars().any(char::is_control)
 }
 
-/// The `name` and `room` query parameters, percent-decoded (`+` is a space); the last one wins.
-pub fn decode_target(target: &str) -> (Option<String>, Option<String>) {
-    let query = target.split_once('?').map_or("", |(_, query)| query);
-    let (mut name, mut room) = (None, None);
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        match &*key {
-            "name" => name = Some(value.into_owned()),
-            "room" => room = Some(value.into_owned()),
-            _ => {}
-        }
-    }
-    (name, room)
-}
+/// The `name` and `room` query parameters, percent-decoded: the decoding is form_urlencoded's, so
+/// the model uses the server's own helper rather than a copy of it; the rules are what it models.
+pub use wschat::chat::query_name_and_room as decode_target;
 
 impl Model {
     fn new(history_limit: usize) -> Self {

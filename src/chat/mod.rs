@@ -291,16 +291,7 @@ impl Chat {
 
     /// Checks a wanted nickname: its shape, and that nobody else (`except` the asker) has it.
     fn check_name(&self, name: &str, except: Option<Token>) -> Result<(), Rejection> {
-        let length = name.chars().count();
-        if length == 0 || length > MAX_NAME_CHARS || name.trim().is_empty() {
-            return Err(Rejection::new(
-                ErrorCode::InvalidName,
-                format!("a name has 1 to {MAX_NAME_CHARS} characters and is not blank"),
-            ));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(Rejection::new(ErrorCode::InvalidName, "a name has no control characters"));
-        }
+        check_label(name, MAX_NAME_CHARS, ErrorCode::InvalidName, "a name")?;
         if is_guest_name(name) {
             return Err(Rejection::new(
                 ErrorCode::InvalidName,
@@ -355,15 +346,18 @@ fn reject<O: Outbox>(out: &mut O, to: Token, rejection: &Rejection) {
 }
 
 fn check_room(room: &str) -> Result<(), Rejection> {
-    let length = room.chars().count();
-    if length == 0 || length > MAX_ROOM_CHARS || room.trim().is_empty() {
-        return Err(Rejection::new(
-            ErrorCode::InvalidRoom,
-            format!("a room name has 1 to {MAX_ROOM_CHARS} characters and is not blank"),
-        ));
+    check_label(room, MAX_ROOM_CHARS, ErrorCode::InvalidRoom, "a room name")
+}
+
+/// The shape names and rooms share: 1 to `max_chars` characters, not blank, no control
+/// characters. `what` names the thing in the error message.
+fn check_label(text: &str, max_chars: usize, code: ErrorCode, what: &str) -> Result<(), Rejection> {
+    let length = text.chars().count();
+    if length == 0 || length > max_chars || text.trim().is_empty() {
+        return Err(Rejection::new(code, format!("{what} has 1 to {max_chars} characters and is not blank")));
     }
-    if room.chars().any(char::is_control) {
-        return Err(Rejection::new(ErrorCode::InvalidRoom, "a room name has no control characters"));
+    if text.chars().any(char::is_control) {
+        return Err(Rejection::new(code, format!("{what} has no control characters")));
     }
     Ok(())
 }
@@ -379,8 +373,9 @@ fn is_guest_name(name: &str) -> bool {
         .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit()))
 }
 
-/// The `name` and `room` query parameters of an upgrade request-target, percent-decoded.
-fn query_name_and_room(target: &str) -> (Option<String>, Option<String>) {
+/// The `name` and `room` query parameters of an upgrade request-target, percent-decoded (`+` is a
+/// space; the last of a repeated parameter wins).
+pub fn query_name_and_room(target: &str) -> (Option<String>, Option<String>) {
     let query = target.split_once('?').map_or("", |(_, query)| query);
     let (mut name, mut room) = (None, None);
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
