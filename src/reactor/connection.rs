@@ -41,6 +41,9 @@ pub struct Connection {
     pub wants_writable: bool,
     /// Whether the token is already in this iteration's flush list.
     pub flush_queued: bool,
+    /// Whether a failed write already asked for this connection to be ended; further sends to it
+    /// are skipped until the reactor gets to it.
+    pub ending_queued: bool,
     /// Whether this connection was admitted as a WebSocket and counts against
     /// `--max-connections` (from the moment its upgrade request is accepted until it is freed).
     pub counted: bool,
@@ -126,6 +129,7 @@ impl Connection {
             ping_sent: None,
             wants_writable: false,
             flush_queued: false,
+            ending_queued: false,
             counted: false,
         }
     }

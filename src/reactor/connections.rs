@@ -169,9 +169,13 @@ impl Outbox for Connections {
     fn send(&mut self, to: Token, message: Message) {
         let Some(connection) = self.slab.get_mut(to.0) else { return };
         let Phase::Open(websocket) = &mut connection.phase else { return };
+        if connection.ending_queued {
+            return;
+        }
         match websocket.write(message) {
             Ok(()) => {}
             Err(Error::WriteBufferFull(_)) => {
+                connection.ending_queued = true;
                 warn!(
                     "connection {} from {}: send buffer full, disconnecting a slow reader",
                     to.0, connection.peer
@@ -185,13 +189,19 @@ impl Outbox for Connections {
                 Failure::WouldBlock => {}
                 failure => {
                     debug!("connection {}: write failed: {failure}", to.0);
+                    connection.ending_queued = true;
                     self.to_end.push((to, Ending::Drop));
                     return;
                 }
             },
         }
         self.stats.messages_out += 1;
-        self.queue_flush(to);
+        // The same as `queue_flush`, without looking the connection up again: this runs once per
+        // recipient of every broadcast.
+        if !connection.flush_queued {
+            connection.flush_queued = true;
+            self.to_flush.push(to);
+        }
     }
 
     fn close(&mut self, to: Token, code: CloseCode, reason: &'static str) {
