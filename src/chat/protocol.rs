@@ -62,11 +62,13 @@ struct Envelope<'a> {
 }
 
 /// Parses one text frame. A frame that does not start with `{` (after leading whitespace) is a
-/// chat message whose text is the whole frame, so people on `websocat` can just type.
+/// chat message whose text is the whole frame, so people on `websocat` can just type; the line
+/// ending websocat sends with each line is dropped.
 pub fn parse_request(frame: &str) -> Result<Request<'_>, Rejection> {
     // JSON's own whitespace only: a frame starting with, say, a no-break space is plain text.
     if !frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
-        return Ok(Request::Message { text: Cow::Borrowed(frame) });
+        let line = frame.strip_suffix('\n').map_or(frame, |line| line.strip_suffix('\r').unwrap_or(line));
+        return Ok(Request::Message { text: Cow::Borrowed(line) });
     }
     let envelope: Envelope = serde_json::from_str(frame)
         .map_err(|error| Rejection::new(ErrorCode::BadJson, format!("invalid JSON: {error}")))?;
@@ -139,6 +141,9 @@ mod tests {
     fn plain_text_is_a_message() {
         assert_eq!(parse_request("hello there").unwrap(), Request::Message { text: "hello there".into() });
         assert_eq!(parse_request("").unwrap(), Request::Message { text: "".into() });
+        assert_eq!(parse_request("typed\n").unwrap(), Request::Message { text: "typed".into() });
+        assert_eq!(parse_request("typed\r\n").unwrap(), Request::Message { text: "typed".into() });
+        assert_eq!(parse_request("two\n\n").unwrap(), Request::Message { text: "two\n".into() });
     }
 
     #[test]
