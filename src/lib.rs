@@ -15,6 +15,8 @@
 //!   - `reactor/shutdown.rs`: SIGINT and SIGTERM, and the graceful shutdown they start.
 //!   - `reactor/route.rs`: what a complete request head becomes.
 //!   - `reactor/failure.rs`: the one place tungstenite errors are sorted.
+//!   - `reactor/socket.rs`: the TCP stream with the request head replayed in front, counting bytes.
+//!   - `reactor/stats.rs`: the counters behind `/stats`; `reactor/throttle.rs`: rate-limited logs.
 //! - [`handler`]: the seam between reactor and application ([`handler::Handler`],
 //!   [`handler::Outbox`]).
 //! - [`chat`]: the chat rules as a pure state machine (rooms, names, history, routing), its JSON

@@ -32,10 +32,16 @@ pub struct History {
 }
 
 impl History {
+    /// Whether a line of `size` bytes would be kept at all: not when history is off, nor when the
+    /// line alone is over the byte budget. Callers skip building (and copying) such lines.
+    pub fn would_keep(size: usize, limit: HistoryLimit) -> bool {
+        limit.messages > 0 && size <= limit.bytes
+    }
+
     /// Keeps `line`, then forgets the oldest lines until the history is within `limit`. A line
-    /// bigger than the whole byte budget is not kept at all.
+    /// that `would_keep` refuses is not kept at all.
     pub fn push(&mut self, line: Line, limit: HistoryLimit) {
-        if limit.messages == 0 || line.size > limit.bytes {
+        if !History::would_keep(line.size, limit) {
             return;
         }
         self.bytes += line.size;

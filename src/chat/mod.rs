@@ -194,9 +194,12 @@ impl Chat {
         let payload = Event::Message(view).to_json();
         let size = payload.len();
         room.broadcast(Some(member.id), payload.into(), out);
-        let line =
-            Line { from_id: member.id, from_name: member.name.clone(), text: text.to_owned(), ts, size };
-        room.history.push(line, self.history_limit);
+        // Copy the line only if the history will keep it (with `--history 0` it never does).
+        if History::would_keep(size, self.history_limit) {
+            let line =
+                Line { from_id: member.id, from_name: member.name.clone(), text: text.to_owned(), ts, size };
+            room.history.push(line, self.history_limit);
+        }
     }
 
     fn rename<O: Outbox>(&mut self, token: Token, name: String, out: &mut O) {

@@ -134,6 +134,12 @@ impl Connection {
         }
     }
 
+    /// Marks the connection for this iteration's flush; `true` if it was not marked yet, so the
+    /// caller adds its token to the flush list exactly once.
+    pub fn mark_for_flush(&mut self) -> bool {
+        !std::mem::replace(&mut self.flush_queued, true)
+    }
+
     /// The TCP stream, whichever phase holds it (none once `Done`).
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
         match &mut self.phase {

@@ -110,9 +110,8 @@ impl Connections {
     /// Puts the connection on this iteration's flush list, once.
     pub fn queue_flush(&mut self, token: Token) {
         if let Some(connection) = self.slab.get_mut(token.0)
-            && !connection.flush_queued
+            && connection.mark_for_flush()
         {
-            connection.flush_queued = true;
             self.to_flush.push(token);
         }
     }
@@ -196,10 +195,8 @@ impl Outbox for Connections {
             },
         }
         self.stats.messages_out += 1;
-        // The same as `queue_flush`, without looking the connection up again: this runs once per
-        // recipient of every broadcast.
-        if !connection.flush_queued {
-            connection.flush_queued = true;
+        // `queue_flush` without a second slab lookup: this runs once per recipient of a broadcast.
+        if connection.mark_for_flush() {
             self.to_flush.push(to);
         }
     }
