@@ -131,6 +131,12 @@ pub fn plain(status: u16, reason: &str, body: &str) -> Vec<u8> {
     response(status, reason, TEXT, &[], body.as_bytes())
 }
 
+/// The 503 a client gets when the server is full, whether at `--max-connections` or at its
+/// socket or descriptor limit; `why` goes in the body.
+pub fn unavailable(why: &str) -> Vec<u8> {
+    plain(503, "Service Unavailable", why)
+}
+
 fn too_large() -> Vec<u8> {
     plain(431, "Request Header Fields Too Large", "request head too large\n")
 }

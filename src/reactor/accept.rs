@@ -82,8 +82,7 @@ impl Acceptor {
             match listener.accept() {
                 Ok((stream, peer)) if held >= self.max_sockets => {
                     self.warn(format_args!("holding {held} sockets, the most allowed; refusing {peer}"));
-                    let _ =
-                        refuse(stream, &http::plain(503, "Service Unavailable", "too many connections\n"));
+                    let _ = refuse(stream, &http::unavailable("too many connections\n"));
                 }
                 Ok((stream, peer)) => {
                     // Chat frames are small and latency matters more than packet count; the
@@ -125,7 +124,7 @@ impl Acceptor {
         drop(spare);
         let shed = match listener.accept() {
             Ok((stream, _)) => {
-                let response = http::plain(503, "Service Unavailable", "server out of file descriptors\n");
+                let response = http::unavailable("server out of file descriptors\n");
                 let _ = refuse(stream, &response);
                 true
             }

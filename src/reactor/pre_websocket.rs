@@ -47,7 +47,7 @@ impl<H: Handler> Reactor<H> {
                         self.max_connections
                     );
                 }
-                self.reply(token, http::plain(503, "Service Unavailable", "too many connections\n"));
+                self.reply(token, http::unavailable("too many connections\n"));
             }
         }
     }
