@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mio::Token;
-use wschat::handler::{Handler, Message, Outbox};
+use wschat::handler::{Frame, Handler, Message, Outbox};
 use wschat::{Config, Reactor};
 
 /// Echo server on the wschat reactor (for the Autobahn test suite).
@@ -29,7 +29,11 @@ impl Handler for Echo {
     fn on_open<O: Outbox>(&mut self, _connection: Token, _target: &str, _out: &mut O) {}
 
     fn on_message<O: Outbox>(&mut self, connection: Token, message: Message, out: &mut O) {
-        out.send(connection, message);
+        match message {
+            Message::Text(text) => out.send(connection, &Frame::text(&text)),
+            Message::Binary(payload) => out.send(connection, &Frame::binary(&payload)),
+            _ => {}
+        }
     }
 
     fn on_close<O: Outbox>(&mut self, _connection: Token, _out: &mut O) {}

@@ -20,7 +20,7 @@ use mio::Token;
 use serde_json::{Value, json};
 use wschat::Chat;
 use wschat::chat::protocol::{Request, parse_request};
-use wschat::handler::{CloseCode, Handler, Message, Outbox};
+use wschat::handler::{CloseCode, Frame, Handler, Message, Outbox};
 
 /// Connection slots the sessions use; a slot is a token, reused after its connection closes.
 pub const SLOTS: usize = 6;
@@ -47,12 +47,12 @@ struct CheckingOutbox {
 }
 
 impl Outbox for CheckingOutbox {
-    fn send(&mut self, to: Token, message: Message) {
-        assert!(self.open.contains(&to), "sent to {to:?}, which is not open: {message:?}");
-        let Message::Text(text) = message else {
-            panic!("the chat sent a non-text message to {to:?}: {message:?}")
+    fn send(&mut self, to: Token, frame: &Frame) {
+        assert!(self.open.contains(&to), "sent to {to:?}, which is not open: {frame:?}");
+        let Some(text) = frame.as_text() else {
+            panic!("the chat sent a non-text message to {to:?}: {frame:?}")
         };
-        let value: Value = serde_json::from_str(&text)
+        let value: Value = serde_json::from_str(text)
             .unwrap_or_else(|error| panic!("the chat sent invalid JSON to {to:?} ({error}): {text:?}"));
         assert!(
             value.get("type").is_some_and(Value::is_string),

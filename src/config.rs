@@ -83,16 +83,15 @@ impl Default for Config {
 impl Config {
     /// tungstenite's per-connection settings, chosen for many mostly idle connections.
     pub fn websocket(&self) -> WebSocketConfig {
-        let max_send_buffer = self.max_send_buffer as usize;
         WebSocketConfig::default()
             // Allocated for every connection (tungstenite zero-fills it on reads), so it stays
             // small: the default 128 KiB would be 1.2 GiB at 10,000 idle connections.
             .read_buffer_size(self.read_buffer_bytes)
-            // Frames queued in one loop iteration are written together by the reactor's flush at
-            // the end of the iteration; tungstenite only writes on its own once this much piles up.
-            .write_buffer_size((64 * 1024).min(max_send_buffer / 2))
-            // The slow-consumer bound: a write that would queue more fails with WriteBufferFull.
-            .max_write_buffer_size(max_send_buffer)
+            // tungstenite writes its own frames (pongs, close frames) at once, into the reactor's
+            // per-connection queue, which holds the handler's frames too and is bounded by
+            // `--max-send-buffer`; so tungstenite's buffer never holds more than one frame.
+            .write_buffer_size(0)
+            .max_write_buffer_size(self.max_send_buffer as usize)
             .max_message_size(Some(self.max_message_bytes as usize))
             .max_frame_size(Some(self.max_message_bytes as usize))
     }

@@ -6,6 +6,7 @@
 
 use mio::Token;
 
+pub use crate::frame::Frame;
 pub use crate::http::RequestHead;
 pub use crate::reactor::Stats;
 pub use tungstenite::Message;
@@ -14,10 +15,12 @@ pub use tungstenite::protocol::frame::coding::CloseCode;
 /// Where a handler's output goes. The reactor implements it over its connections; unit tests
 /// implement it over a `Vec`.
 pub trait Outbox {
-    /// Queues a message for one connection. It is written at the end of the loop iteration,
-    /// batched with everything else queued for that connection. Sending to a connection that is
-    /// closing or gone does nothing: the handler already heard of it through `on_close`.
-    fn send(&mut self, to: Token, message: Message);
+    /// Queues a frame for one connection. It is written at the end of the loop iteration,
+    /// batched with everything else queued for that connection. A broadcast builds its frame
+    /// once and sends the same frame to every recipient: each queue holds a handle to the same
+    /// bytes. Sending to a connection that is closing or gone does nothing: the handler already
+    /// heard of it through `on_close`.
+    fn send(&mut self, to: Token, frame: &Frame);
 
     /// Starts the close handshake with `code`. The handler's `on_close` follows for that
     /// connection, within the same loop iteration.

@@ -40,6 +40,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod frame;
 pub mod handler;
 pub mod http;
 pub mod reactor;

@@ -792,8 +792,8 @@ struct SizeRecorder {
 }
 
 impl wschat::handler::Outbox for SizeRecorder {
-    fn send(&mut self, to: mio::Token, message: wschat::handler::Message) {
-        self.sizes.push((to.0, message.len()));
+    fn send(&mut self, to: mio::Token, frame: &wschat::handler::Frame) {
+        self.sizes.push((to.0, frame.wire().len()));
     }
 
     fn close(&mut self, _to: mio::Token, _code: wschat::handler::CloseCode, _reason: &'static str) {}

@@ -10,9 +10,8 @@ mod web;
 use std::collections::{BTreeMap, HashMap};
 
 use mio::Token;
-use tungstenite::Utf8Bytes;
 
-use crate::handler::{CloseCode, Handler, Message, Outbox, RequestHead, Stats};
+use crate::handler::{CloseCode, Frame, Handler, Message, Outbox, RequestHead, Stats};
 use history::{History, HistoryLimit, Line};
 use protocol::{ErrorCode, Event, MessageView, Rejection, Request, UserView, parse_request};
 pub use rate::RateLimit;
@@ -63,12 +62,12 @@ struct Room {
 }
 
 impl Room {
-    /// Sends one serialized event to every member but `except`. The event was serialized once;
-    /// each recipient gets a reference-counted handle to the same bytes.
-    fn broadcast<O: Outbox>(&self, except: Option<u64>, payload: Utf8Bytes, out: &mut O) {
+    /// Sends one event to every member but `except`. The event was serialized and framed once;
+    /// each recipient's queue gets a handle to the same bytes.
+    fn broadcast<O: Outbox>(&self, except: Option<u64>, frame: &Frame, out: &mut O) {
         for (&id, &recipient) in &self.members {
             if Some(id) != except {
-                send_text(out, recipient, payload.clone());
+                out.send(recipient, frame);
             }
         }
     }
@@ -146,7 +145,7 @@ impl Chat {
             users,
             history,
         });
-        send_text(out, token, welcome);
+        out.send(token, &welcome);
         for problem in problems {
             reject(out, token, &problem);
         }
@@ -174,9 +173,9 @@ impl Chat {
             Request::Who => {
                 let Some(member) = self.members.get(&token) else { return };
                 let users = self.users_of(&member.room);
-                send_text(out, token, Event::Users { room: &member.room, users }.to_json().into());
+                out.send(token, &Event::Users { room: &member.room, users }.to_frame());
             }
-            Request::Ping => send_text(out, token, Event::Pong.to_json().into()),
+            Request::Ping => out.send(token, &Event::Pong.to_frame()),
         }
     }
 
@@ -191,9 +190,9 @@ impl Chat {
             text,
             ts,
         };
-        let payload = Event::Message(view).to_json();
-        let size = payload.len();
-        room.broadcast(Some(member.id), payload.into(), out);
+        let frame = Event::Message(view).to_frame();
+        let size = frame.payload().len();
+        room.broadcast(Some(member.id), &frame, out);
         // Copy the line only if the history will keep it (with `--history 0` it never does).
         if History::would_keep(size, self.history_limit) {
             let line =
@@ -209,7 +208,7 @@ impl Chat {
         self.names.insert(name, token);
         let event = Event::Nick { id: member.id, old: &old, name: &member.name };
         if let Some(room) = self.rooms.get(&member.room) {
-            room.broadcast(None, event.to_json().into(), out);
+            room.broadcast(None, &event.to_frame(), out);
         }
     }
 
@@ -226,7 +225,7 @@ impl Chat {
             users,
             history,
         });
-        send_text(out, token, snapshot);
+        out.send(token, &snapshot);
     }
 
     /// Adds the member to `room` (creating it) and tells the members already there.
@@ -236,7 +235,7 @@ impl Chat {
         if !room.members.is_empty() {
             let joined =
                 Event::Joined { room: &member.room, user: UserView { id: member.id, name: &member.name } };
-            room.broadcast(None, joined.to_json().into(), out);
+            room.broadcast(None, &joined.to_frame(), out);
         }
         room.members.insert(member.id, token);
     }
@@ -249,7 +248,7 @@ impl Chat {
             self.rooms.remove(room_name);
             return;
         }
-        room.broadcast(None, Event::Left { room: room_name, user }.to_json().into(), out);
+        room.broadcast(None, &Event::Left { room: room_name, user }.to_frame(), out);
     }
 
     /// Builds a `welcome` or `room` event: the member's room, its users and its history.
@@ -257,7 +256,7 @@ impl Chat {
         &self,
         token: Token,
         build: impl for<'a> FnOnce(&'a Member, Vec<UserView<'a>>, Vec<MessageView<'a>>) -> Event<'a>,
-    ) -> Utf8Bytes {
+    ) -> Frame {
         // Invariant: callers pass a token they have just inserted or looked up in `members`.
         let member = &self.members[&token];
         let history = self.rooms.get(&member.room).map(|room| {
@@ -271,7 +270,7 @@ impl Chat {
                 })
                 .collect()
         });
-        build(member, self.users_of(&member.room), history.unwrap_or_default()).to_json().into()
+        build(member, self.users_of(&member.room), history.unwrap_or_default()).to_frame()
     }
 
     fn users_of(&self, room: &str) -> Vec<UserView<'_>> {
@@ -339,13 +338,9 @@ impl Handler for Chat {
     }
 }
 
-fn send_text<O: Outbox>(out: &mut O, to: Token, payload: Utf8Bytes) {
-    out.send(to, Message::Text(payload));
-}
-
 fn reject<O: Outbox>(out: &mut O, to: Token, rejection: &Rejection) {
     let event = Event::Error { code: rejection.code, message: &rejection.message };
-    send_text(out, to, event.to_json().into());
+    out.send(to, &event.to_frame());
 }
 
 fn check_room(room: &str) -> Result<(), Rejection> {

@@ -7,6 +7,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use crate::frame::Frame;
+
 /// One frame from a client, understood.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
@@ -126,6 +128,11 @@ impl Event<'_> {
         // on maps with non-string keys or on failing custom `Serialize` impls, neither of which
         // exists here.
         serde_json::to_string(self).expect("chat events always serialize")
+    }
+
+    /// The event as a text frame, ready to be sent to any number of members.
+    pub fn to_frame(&self) -> Frame {
+        Frame::text(&self.to_json())
     }
 }
 

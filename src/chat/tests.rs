@@ -12,9 +12,9 @@ struct Recorder {
 }
 
 impl Outbox for Recorder {
-    fn send(&mut self, to: Token, message: Message) {
-        let text = message.into_text().expect("the chat only sends text");
-        self.sent.push((to, serde_json::from_str(&text).expect("the chat only sends JSON")));
+    fn send(&mut self, to: Token, frame: &Frame) {
+        let text = frame.as_text().expect("the chat only sends text");
+        self.sent.push((to, serde_json::from_str(text).expect("the chat only sends JSON")));
     }
 
     fn close(&mut self, to: Token, code: CloseCode, _reason: &'static str) {

@@ -11,6 +11,7 @@ use tungstenite::WebSocket;
 use tungstenite::handshake::MidHandshake;
 use tungstenite::handshake::server::{NoCallback, ServerHandshake};
 
+use super::outgoing::Outgoing;
 use super::socket::Socket;
 use crate::http::MAX_HEAD_BYTES;
 use crate::timer::TimerKey;
@@ -64,7 +65,8 @@ pub enum Phase {
     /// flushed; then we hang up without waiting for the peer's close frame (RFC 6455 section
     /// 7.1.7, "Fail the WebSocket Connection").
     Failing(WebSocket<Socket>),
-    /// Writing a whole HTTP response, then waiting for the peer to hang up.
+    /// Writing the last bytes the connection will get (an HTTP response, or the rest of a
+    /// WebSocket's queue ending with its close frame), then waiting for the peer to hang up.
     Reply(Box<ReplyState>),
     /// Finished. The socket is closed and the slot is freed at the end of this loop iteration; it
     /// is not freed at once so that a later event of the same iteration cannot reach a new
@@ -86,9 +88,8 @@ pub struct HandshakeState {
 
 pub struct ReplyState {
     pub stream: TcpStream,
-    pub response: Vec<u8>,
-    /// How much of `response` is written.
-    pub written: usize,
+    /// What is left to write.
+    pub outgoing: Outgoing,
 }
 
 /// What reading a request head came to.
@@ -110,6 +111,9 @@ pub enum Flushed {
     HangUp,
     /// The socket's send buffer is full; the rest waits for WRITABLE.
     Blocked,
+    /// tungstenite says the close handshake is over; its last frame is queued, perhaps not
+    /// written yet.
+    Closed,
     /// The connection has said its last word (close handshake finished, or a reply fully written
     /// and the peer gone): free it.
     Finished,
@@ -174,18 +178,14 @@ impl RequestState {
 }
 
 impl ReplyState {
-    /// Writes what is left of the response; once all of it is out, shuts down our side so the
-    /// peer sees the end of the response.
+    /// Writes what is left; once all of it is out, shuts down our side so the peer sees the end
+    /// of the response.
     pub fn write_until_would_block(&mut self) -> Flushed {
-        while self.written < self.response.len() {
-            // `written` only grows by what `write` reports, which never exceeds what it was given.
-            match self.stream.write(&self.response[self.written..]) {
-                Ok(0) => return Flushed::Failed("peer stopped reading".to_owned()),
-                Ok(count) => self.written += count,
-                Err(error) if error.kind() == ErrorKind::WouldBlock => return Flushed::Blocked,
-                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                Err(error) => return Flushed::Failed(error.to_string()),
-            }
+        if let Err(error) = self.outgoing.write_to(&mut self.stream) {
+            return Flushed::Failed(error.to_string());
+        }
+        if !self.outgoing.is_empty() {
+            return Flushed::Blocked;
         }
         // Half-close rather than close: closing a socket with unread input makes the kernel send
         // a reset, which can destroy the response before the peer reads it. The peer closes its
@@ -199,7 +199,7 @@ impl ReplyState {
     }
 
     pub fn is_written(&self) -> bool {
-        self.written == self.response.len()
+        self.outgoing.is_empty()
     }
 
     /// Reads and drops whatever the peer still sends after its request, until `WouldBlock`.

@@ -4,16 +4,14 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::connection::{Connection, Phase};
+use super::stats::{Stats, Traffic};
+use crate::frame::Frame;
+use crate::handler::{CloseCode, Outbox};
+use crate::timer::TimerWheel;
 use log::{debug, warn};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
-use tungstenite::Error;
-
-use super::connection::{Connection, Phase};
-use super::failure::{Failure, classify};
-use super::stats::{Stats, Traffic};
-use crate::handler::{CloseCode, Message, Outbox};
-use crate::timer::TimerWheel;
 
 /// The wheel's tick. Deadlines here are seconds long; 10 ms is fine-grained enough and lets an
 /// idle server sleep until the tick a deadline falls in.
@@ -165,34 +163,21 @@ impl Connections {
 }
 
 impl Outbox for Connections {
-    fn send(&mut self, to: Token, message: Message) {
+    fn send(&mut self, to: Token, frame: &Frame) {
         let Some(connection) = self.slab.get_mut(to.0) else { return };
         let Phase::Open(websocket) = &mut connection.phase else { return };
         if connection.ending_queued {
             return;
         }
-        match websocket.write(message) {
-            Ok(()) => {}
-            Err(Error::WriteBufferFull(_)) => {
-                connection.ending_queued = true;
-                warn!(
-                    "connection {} from {}: send buffer full, disconnecting a slow reader",
-                    to.0, connection.peer
-                );
-                self.stats.slow_consumers_dropped += 1;
-                self.to_end.push((to, Ending::Close(CloseCode::Policy, "send buffer full")));
-                return;
-            }
-            Err(error) => match classify(error) {
-                // The frame is queued; the flush at the end of the iteration retries the write.
-                Failure::WouldBlock => {}
-                failure => {
-                    debug!("connection {}: write failed: {failure}", to.0);
-                    connection.ending_queued = true;
-                    self.to_end.push((to, Ending::Drop));
-                    return;
-                }
-            },
+        if websocket.get_mut().queue_frame(frame).is_err() {
+            connection.ending_queued = true;
+            warn!(
+                "connection {} from {}: send buffer full, disconnecting a slow reader",
+                to.0, connection.peer
+            );
+            self.stats.slow_consumers_dropped += 1;
+            self.to_end.push((to, Ending::Close(CloseCode::Policy, "send buffer full")));
+            return;
         }
         self.stats.messages_out += 1;
         // `queue_flush` without a second slab lookup: this runs once per recipient of a broadcast.

@@ -4,16 +4,14 @@
 
 use std::time::Duration;
 
-use log::debug;
-use mio::Token;
-use tungstenite::Message;
-
 use super::Reactor;
 use super::connection::Phase;
 use super::connections::Ending;
-use super::failure::{Failure, classify};
 use crate::config::Config;
+use crate::frame::Frame;
 use crate::handler::{CloseCode, Handler};
+use log::debug;
+use mio::Token;
 
 /// The deadlines' lengths, from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -98,19 +96,8 @@ impl<H: Handler> Reactor<H> {
             return self.connections.arm(token, silent_until);
         }
         connection.ping_sent = Some(now);
-        match websocket.write(Message::Ping(Default::default())) {
-            Ok(()) => {}
-            Err(error) => match classify(error) {
-                // Queued; the flush at the end of this iteration retries it.
-                Failure::WouldBlock => {}
-                Failure::Violation(CloseCode::Policy, reason) => {
-                    return self.end(token, Ending::Close(CloseCode::Policy, reason));
-                }
-                failure => {
-                    debug!("connection {}: cannot ping: {failure}", token.0);
-                    return self.end(token, Ending::Drop);
-                }
-            },
+        if websocket.get_mut().queue_frame(&Frame::ping()).is_err() {
+            return self.end(token, Ending::Close(CloseCode::Policy, "send buffer full"));
         }
         self.connections.queue_flush(token);
         self.connections.arm(token, now + self.timeouts.ping_timeout);

@@ -11,6 +11,7 @@ mod connection;
 mod connections;
 mod deadlines;
 mod failure;
+mod outgoing;
 mod pre_websocket;
 mod route;
 mod shutdown;
@@ -18,7 +19,7 @@ mod socket;
 mod stats;
 mod throttle;
 
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -68,6 +69,8 @@ pub struct Reactor<H> {
     handler: H,
     connections: Connections,
     websocket_config: WebSocketConfig,
+    /// The most bytes queued for one connection (`--max-send-buffer`).
+    send_buffer_limit: usize,
     timeouts: Timeouts,
     max_connections: usize,
     /// Allowed `Origin` values for upgrades (`--origin`); empty allows all.
@@ -102,6 +105,7 @@ impl<H: Handler> Reactor<H> {
             handler,
             connections,
             websocket_config: config.websocket(),
+            send_buffer_limit: config.max_send_buffer as usize,
             timeouts: Timeouts::from(config),
             max_connections: config.max_connections,
             origins: config.origins.clone(),
@@ -240,7 +244,7 @@ impl<H: Handler> Reactor<H> {
                 Err(error) => match classify(error) {
                     Failure::WouldBlock => return,
                     Failure::Interrupted => {}
-                    Failure::Closed => return self.end(token, Ending::Drop),
+                    Failure::Closed => return self.finish(token),
                     Failure::Violation(code, reason) if open => {
                         debug!("connection {}: {reason}; closing with {code}", token.0);
                         return self.end(token, Ending::Fail(code, reason));
@@ -334,7 +338,7 @@ impl<H: Handler> Reactor<H> {
                         Ok(()) => Flushed::All,
                         Err(error) => match classify(error) {
                             Failure::WouldBlock => Flushed::Blocked,
-                            Failure::Closed => Flushed::Finished,
+                            Failure::Closed => Flushed::Closed,
                             failure => Flushed::Failed(failure.to_string()),
                         },
                     }
@@ -347,6 +351,7 @@ impl<H: Handler> Reactor<H> {
                 Flushed::All => self.connections.set_writable(token, false),
                 Flushed::Blocked => self.connections.set_writable(token, true),
                 Flushed::HangUp => self.hang_up(token),
+                Flushed::Closed => self.finish(token),
                 Flushed::Finished => self.end(token, Ending::Drop),
                 Flushed::Failed(reason) => {
                     debug!("connection {}: flush failed: {reason}", token.0);
@@ -358,18 +363,42 @@ impl<H: Handler> Reactor<H> {
         self.connections.to_flush.clear();
     }
 
-    /// A failing connection's close frame is out: half-close our side (so the frame is not lost
-    /// to a reset) and wait, at most the close timeout, for the peer to hang up too.
+    /// tungstenite says the close handshake is over. That means its last frame (the reply to
+    /// the peer's close frame) is queued, not that it is written: write it, then close the
+    /// socket; if the socket is full, the rest goes out before we hang up.
+    fn finish(&mut self, token: Token) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        let flushed = match &mut connection.phase {
+            Phase::Closing(websocket) | Phase::Failing(websocket) => websocket.get_mut().flush(),
+            _ => Ok(()),
+        };
+        match flushed {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.hang_up(token),
+            // Written, or the socket broke: close it either way.
+            _ => self.end(token, Ending::Drop),
+        }
+    }
+
+    /// The connection has nothing more to say, and its last frame is queued: write what is left,
+    /// half-close our side (so the frame is not lost to a reset), and wait, at most the close
+    /// timeout, for the peer to hang up too.
     fn hang_up(&mut self, token: Token) {
         let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
-        let Phase::Failing(websocket) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
-        let stream = websocket.into_inner().into_stream();
-        let mut reply = ReplyState { stream, response: Vec::new(), written: 0 };
+        let websocket = match std::mem::replace(&mut connection.phase, Phase::Done) {
+            Phase::Closing(websocket) | Phase::Failing(websocket) => websocket,
+            other => {
+                connection.phase = other;
+                return;
+            }
+        };
+        let (stream, outgoing) = websocket.into_inner().into_parts();
+        let mut reply = ReplyState { stream, outgoing };
         let flushed = reply.write_until_would_block();
         connection.phase = Phase::Reply(Box::new(reply));
         match flushed {
             Flushed::Finished | Flushed::Failed(_) => self.end(token, Ending::Drop),
-            _ => self.connections.set_writable(token, false),
+            Flushed::Blocked => self.connections.set_writable(token, true),
+            Flushed::All | Flushed::HangUp | Flushed::Closed => self.connections.set_writable(token, false),
         }
     }
 }

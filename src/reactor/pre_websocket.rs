@@ -10,6 +10,7 @@ use tungstenite::handshake::HandshakeError;
 use super::Reactor;
 use super::connection::{Flushed, HandshakeRole, HandshakeState, HeadRead, Phase, ReplyState};
 use super::connections::Ending;
+use super::outgoing::Outgoing;
 use super::route::{Route, fallback, route};
 use super::socket::Socket;
 use crate::handler::Handler;
@@ -78,7 +79,8 @@ impl<H: Handler> Reactor<H> {
     ) {
         let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
         match result {
-            Ok(websocket) => {
+            Ok(mut websocket) => {
+                websocket.get_mut().start_queueing(self.send_buffer_limit);
                 connection.phase = Phase::Open(websocket);
                 connection.last_activity = self.connections.now;
                 self.connections.set_writable(token, false);
@@ -106,7 +108,7 @@ impl<H: Handler> Reactor<H> {
     fn reply(&mut self, token: Token, response: Vec<u8>) {
         let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
         let Phase::Request(request) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
-        let reply = ReplyState { stream: request.stream, response, written: 0 };
+        let reply = ReplyState { stream: request.stream, outgoing: Outgoing::of(response) };
         connection.phase = Phase::Reply(Box::new(reply));
         self.connections.queue_flush(token);
         // A client that does not read its response, or never hangs up, is dropped at this deadline.
@@ -119,7 +121,9 @@ impl<H: Handler> Reactor<H> {
         };
         match reply.discard_input() {
             // The event may also mean the socket is writable again.
-            Flushed::All | Flushed::Blocked | Flushed::HangUp => self.connections.queue_flush(token),
+            Flushed::All | Flushed::Blocked | Flushed::HangUp | Flushed::Closed => {
+                self.connections.queue_flush(token)
+            }
             Flushed::Finished | Flushed::Failed(_) => self.end(token, Ending::Drop),
         }
     }

@@ -1,14 +1,19 @@
-//! A connection's TCP stream as tungstenite sees it: the request head that the reactor already
-//! read (to route the request) is replayed first, then reads go to the socket.
+//! A connection's TCP stream as tungstenite sees it. The request head that the reactor already
+//! read (to route the request) is replayed first, then reads go to the socket. Once the WebSocket
+//! is open, writes go to the connection's [`Outgoing`] queue, which the reactor's flush writes
+//! with `writev` once per loop iteration.
 
-use std::io::{self, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::rc::Rc;
 
 use mio::net::TcpStream;
 
+use super::outgoing::Outgoing;
 use super::stats::Traffic;
+use crate::frame::Frame;
 
-/// A non-blocking TCP stream with a replay buffer in front of its read side.
+/// A non-blocking TCP stream with a replay buffer in front of its read side and a queue in
+/// front of its write side.
 pub struct Socket {
     stream: TcpStream,
     /// Bytes read from the socket before the WebSocket handshake started: exactly the request
@@ -17,18 +22,66 @@ pub struct Socket {
     replay: Vec<u8>,
     /// How much of `replay` tungstenite has consumed.
     replayed: usize,
+    /// Everything written and not yet taken by the socket: frames queued by the handler (shared
+    /// with their other recipients), and tungstenite's own writes (pongs, close frames).
+    outgoing: Outgoing,
+    /// The most bytes `outgoing` may hold (`--max-send-buffer`). `None` during the handshake:
+    /// tungstenite's 101 response is written straight to the stream, so that the handshake
+    /// pauses at `MidHandshake` when the socket is full.
+    queue_limit: Option<usize>,
     /// The reactor's byte counters.
     traffic: Rc<Traffic>,
 }
 
+/// Queued bytes past which a queue is written at once rather than at the end of the loop
+/// iteration: one iteration can read a long burst from a fast sender, and its readers should not
+/// be judged slow just because the flush had not come yet.
+const WRITE_EARLY_BYTES: usize = 64 * 1024;
+
+/// A frame did not fit under the connection's send-buffer limit: its reader is too slow.
+#[derive(Debug)]
+pub struct SendBufferFull;
+
 impl Socket {
     pub fn new(stream: TcpStream, replay: Vec<u8>, traffic: Rc<Traffic>) -> Self {
-        Socket { stream, replay, replayed: 0, traffic }
+        Socket { stream, replay, replayed: 0, outgoing: Outgoing::default(), queue_limit: None, traffic }
     }
 
-    /// The stream alone, once tungstenite is done with it.
-    pub fn into_stream(self) -> TcpStream {
-        self.stream
+    /// The handshake is done: from now on writes are queued, up to `limit` bytes.
+    pub fn start_queueing(&mut self, limit: usize) {
+        self.queue_limit = Some(limit);
+    }
+
+    /// Queues a frame the handler (or the heartbeat) built, unless it would take the queue over
+    /// its limit.
+    pub fn queue_frame(&mut self, frame: &Frame) -> Result<(), SendBufferFull> {
+        self.make_room(frame.wire().len())?;
+        self.outgoing.push_frame(frame);
+        if self.outgoing.len() >= WRITE_EARLY_BYTES {
+            // A full socket is no error here, and a broken one is not either: the flush at the
+            // end of the iteration meets the same error and ends the connection.
+            let _ = self.write_queue();
+        }
+        Ok(())
+    }
+
+    /// Writes the queue to the stream; `WouldBlock` if some of it has to wait for WRITABLE.
+    fn write_queue(&mut self) -> io::Result<()> {
+        let written = self.outgoing.write_to(&mut self.stream)?;
+        self.traffic.add_out(written);
+        if self.outgoing.is_empty() { Ok(()) } else { Err(ErrorKind::WouldBlock.into()) }
+    }
+
+    fn make_room(&self, bytes: usize) -> Result<(), SendBufferFull> {
+        match self.queue_limit {
+            Some(limit) if self.outgoing.len() + bytes > limit => Err(SendBufferFull),
+            _ => Ok(()),
+        }
+    }
+
+    /// The stream and what is still queued for it, once tungstenite is done with them.
+    pub fn into_parts(self) -> (TcpStream, Outgoing) {
+        (self.stream, self.outgoing)
     }
 
     /// The stream, for (re)registering with the poll.
@@ -58,13 +111,23 @@ impl Read for Socket {
 }
 
 impl Write for Socket {
+    /// During the handshake, a write to the stream. After it, a write to the queue, which never
+    /// blocks: tungstenite's own frames join the handler's in one queue, in order, under one limit.
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let count = self.stream.write(bytes)?;
-        self.traffic.add_out(count);
-        Ok(count)
+        if self.queue_limit.is_none() {
+            let count = self.stream.write(bytes)?;
+            self.traffic.add_out(count);
+            return Ok(count);
+        }
+        if self.make_room(bytes.len()).is_err() {
+            return Err(io::Error::other("send buffer full"));
+        }
+        self.outgoing.push_bytes(bytes);
+        Ok(bytes.len())
     }
 
+    /// Writes the queue to the stream; `WouldBlock` if some of it has to wait for WRITABLE.
     fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
+        self.write_queue()
     }
 }
