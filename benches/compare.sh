@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compares wschat with the tokio baseline (current_thread and multi_thread) on this machine.
 #
-#   benches/compare.sh                 # the full comparison (about 6-7 minutes on 2 cores)
+#   benches/compare.sh                 # the full comparison (about 8-9 minutes on 2 cores)
 #   REPS=1 QUICK=1 benches/compare.sh  # a smoke run (about a minute), results in /tmp
 #
 # Builds everything in release mode, then for each repetition, case and server in turn: starts
@@ -10,7 +10,12 @@
 # Prints a side-by-side table (medians, min-max), checks the targets of issue 7, and writes
 # docs/bench-results.json (every run, raw) and docs/bench.svg (the fanout ramp).
 #
-# Environment: REPS (default 3), SERVERS (default "wschat tokio-ct tokio-mt"), QUICK=1 (short
+# Servers: wschat with its defaults; wschat-eager, the same binary with --flush-interval-ms 0
+# (writes at the end of every loop iteration instead of at most every 10 ms; run in the fanout
+# and chat cases only, where the setting matters); tokio-ct and tokio-mt, the tokio baseline on
+# the current-thread and multi-thread runtimes. Ratios compare wschat with the best tokio server.
+#
+# Environment: REPS (default 3), SERVERS (default "wschat wschat-eager tokio-ct tokio-mt"), QUICK=1 (short
 # windows, results under /tmp unless OUT_DIR is set), OUT_DIR (default docs/), SERVER_CPU (0),
 # LOADGEN_CPU (1), WSCHAT_FLAGS (extra wschat flags), TOKIO_FLAGS (extra tokio-chat flags),
 # QUIET_WAIT (seconds, over the whole run, that it may wait for other processes to go quiet
@@ -21,7 +26,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/benches/loadgen"
 REPS=${REPS:-3}
 QUICK=${QUICK:-0}
-SERVERS=${SERVERS:-"wschat tokio-ct tokio-mt"}
+SERVERS=${SERVERS:-"wschat wschat-eager tokio-ct tokio-mt"}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 if [[ $QUICK == 1 ]]; then OUT_DIR=${OUT_DIR:-/tmp/wschat-bench-quick}; else OUT_DIR=${OUT_DIR:-$ROOT/docs}; fi
@@ -57,6 +62,7 @@ start_server() {
     local cmd
     case $name in
         wschat) cmd=("$WSCHAT" "${wschat_flags[@]}" "${extra_wschat[@]}") ;;
+        wschat-eager) cmd=("$WSCHAT" "${wschat_flags[@]}" --flush-interval-ms 0 "${extra_wschat[@]}") ;;
         tokio-ct) cmd=("$TOKIO_CHAT" --bind 127.0.0.1:0 --runtime current-thread --max-connections 15000 "${extra_tokio[@]}") ;;
         tokio-mt) cmd=("$TOKIO_CHAT" --bind 127.0.0.1:0 --runtime multi-thread --max-connections 15000 "${extra_tokio[@]}") ;;
         *) log "unknown server $name"; exit 2 ;;
@@ -122,12 +128,20 @@ wait_quiet() {
 busy=$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 > 20 {printf "%s%s (%s%%)", sep, $2, $1; sep=", "}')
 [[ -n $busy ]] && log "warning: other processes are busy and will add noise: $busy"
 
-total=$((REPS * $(wc -w <<<"$CASES") * $(wc -w <<<"$SERVERS")))
+# The flush interval only matters where messages are broadcast; idle connections get one welcome.
+runs_case() { [[ ! ($1 == wschat-eager && $2 == idle-10k) ]]; }
+total=0
+for case_name in $CASES; do
+    for server in $SERVERS; do
+        if runs_case "$server" "$case_name"; then total=$((total + REPS)); fi
+    done
+done
 n=0
 for rep in $(seq "$REPS"); do
     for case_name in $CASES; do
         read -r -a args <<<"$(case_args "$case_name")"
         for server in $SERVERS; do
+            runs_case "$server" "$case_name" || continue
             n=$((n + 1))
             wait_quiet
             start_server "$server"
@@ -173,12 +187,12 @@ cat >"$WORK/meta.json" <<JSON
     "loadgen mio": $(json_string "$(lock_version "$BENCH/Cargo.lock" mio)"),
     "hdrhistogram": $(json_string "$(lock_version "$BENCH/Cargo.lock" hdrhistogram)")
   },
-  "setup": $(json_string "server pinned to core $SERVER_CPU, loadgen to core $LOADGEN_CPU; wschat ${wschat_flags[*]}; tokio-mt workers: ${tokio_workers:-?}; $REPS runs per server, medians")
+  "setup": $(json_string "server pinned to core $SERVER_CPU, loadgen to core $LOADGEN_CPU; wschat ${wschat_flags[*]} (wschat-eager adds --flush-interval-ms 0); tokio-mt workers: ${tokio_workers:-?}; $REPS runs per server, medians")
 }
 JSON
 
 "$LOADGEN" report --runs "$RUNS" --meta "$WORK/meta.json" --reference wschat \
-    --out "$OUT_DIR/bench-results.json" --svg "$OUT_DIR/bench.svg" \
+    --variant wschat-eager --out "$OUT_DIR/bench-results.json" --svg "$OUT_DIR/bench.svg" \
     --target fanout-60:server_cpu_us_per_delivery:ratio\<=0.8 \
     --target fanout-1000:server_cpu_us_per_delivery:ratio\<=0.8 \
     --target fanout-ramp:max_sustained_deliveries_per_sec:ratio\>=1.5 \

@@ -66,6 +66,10 @@ pub struct Reactor<H> {
     /// When a graceful shutdown must be over, once one has begun.
     shutdown_deadline: Option<Instant>,
     shutdown_timeout: Duration,
+    /// Least time between two flush rounds (`--flush-interval-ms`).
+    flush_interval: Duration,
+    /// When the next flush round may start.
+    next_flush: Instant,
     handler: H,
     connections: Connections,
     websocket_config: WebSocketConfig,
@@ -102,6 +106,8 @@ impl<H: Handler> Reactor<H> {
             signals,
             shutdown_deadline: None,
             shutdown_timeout: config.shutdown_timeout,
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            next_flush: started,
             handler,
             connections,
             websocket_config: config.websocket(),
@@ -145,12 +151,14 @@ impl<H: Handler> Reactor<H> {
     /// 2. handle each event: accept, read, hand messages to the handler, which queues output;
     /// 3. fire the deadlines that are due (I/O first, then timers, as redis's `ae.c` does: a
     ///    frame that arrived just in time still counts);
-    /// 4. flush every connection that has output, once;
+    /// 4. flush every connection that has output, once (with `--flush-interval-ms`, only if
+    ///    the last flush round is that long ago; the output waits for the next round otherwise);
     /// 5. free the slots of connections that finished.
     fn turn(&mut self, events: &mut Events) -> io::Result<Flow> {
         let now = Instant::now();
         let mut timeout = self.connections.timers.next_timeout(now);
-        if let Some(deadline) = self.shutdown_deadline {
+        let flush_round = (!self.connections.to_flush.is_empty()).then_some(self.next_flush);
+        for deadline in [self.shutdown_deadline, flush_round].into_iter().flatten() {
             let left = deadline.saturating_duration_since(now);
             timeout = Some(timeout.map_or(left, |timeout| timeout.min(left)));
         }
@@ -171,7 +179,10 @@ impl<H: Handler> Reactor<H> {
             }
         }
         self.fire_deadlines();
-        self.flush_queued();
+        if self.connections.now >= self.next_flush && !self.connections.to_flush.is_empty() {
+            self.next_flush = self.connections.now + self.flush_interval;
+            self.flush_queued();
+        }
         self.connections.reap();
         Ok(self.shutdown_progress())
     }

@@ -33,6 +33,10 @@ pub struct ReportArgs {
     /// label in the runs file).
     #[arg(long)]
     reference: Option<String>,
+    /// Another configuration of the reference server (repeatable): shown in the table, never
+    /// counted among the others the reference is compared with.
+    #[arg(long = "variant")]
+    variants: Vec<String>,
     /// A target to check, `CASE:METRIC:ratio<=X` (reference median over the best other server's
     /// median) or `CASE:METRIC:value<=X` (reference median); `>=` works too. Repeatable.
     #[arg(long = "target")]
@@ -241,7 +245,8 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
             for cell in &cells {
                 print!(" {:>width$}", format_cell(cell, metric));
             }
-            let ratio = ratio_of(&labels, &cells, &reference, metric.better).filter(|_| metric.compare);
+            let ratio = ratio_of(&labels, &cells, &reference, &args.variants, metric.better)
+                .filter(|_| metric.compare);
             if let Some((reference_median, best_other)) = ratio {
                 if best_other != 0.0 {
                     print!(" {:>12}", format!("{:.2}x", reference_median / best_other));
@@ -396,14 +401,20 @@ fn format_cell(cell: &Cell, metric: &Metric) -> String {
     }
 }
 
-/// The reference server's median and the best median among the others.
-fn ratio_of(labels: &[String], cells: &[Cell], reference: &str, better: Better) -> Option<(f64, f64)> {
+/// The reference server's median and the best median among the others (its variants aside).
+fn ratio_of(
+    labels: &[String],
+    cells: &[Cell],
+    reference: &str,
+    variants: &[String],
+    better: Better,
+) -> Option<(f64, f64)> {
     let reference_median =
         labels.iter().zip(cells).find(|(label, _)| *label == reference).and_then(|(_, cell)| *cell)?.0;
     let others = labels
         .iter()
         .zip(cells)
-        .filter(|(label, _)| *label != reference)
+        .filter(|(label, _)| *label != reference && !variants.contains(label))
         .filter_map(|(_, cell)| cell.map(|c| c.0));
     let best = match better {
         Better::Lower => others.fold(None, |best: Option<f64>, v| Some(best.map_or(v, |b| b.min(v)))),
