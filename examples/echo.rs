@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         max_send_buffer: 64 << 20,
         read_buffer_bytes: 64 << 10,
         // Every echo is a round trip the suite waits for: write at once.
-        flush_interval_ms: 0,
+        max_write_delay_ms: 0,
         ..Config::default()
     };
     match Reactor::bind(&config, Echo).and_then(|mut reactor| reactor.run()) {

@@ -58,11 +58,12 @@ pub struct Config {
     #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_seconds)]
     pub shutdown_timeout: Duration,
 
-    /// Least time, in milliseconds, between two rounds of writes to the clients. Frames queued in
-    /// between go out together, one write per client: under load that halves what the writes
-    /// cost, for at most this much added latency. 0 writes at the end of every loop iteration.
+    /// Most milliseconds output may be held back so that it goes out with more in one write.
+    /// Writing is paced to take at most half the loop's time: after a round of writes that took
+    /// 4 ms, the next waits until 8 ms after it began. Cheap rounds are never held back. 0
+    /// writes at the end of every loop iteration.
     #[arg(long, default_value_t = 10, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
-    pub flush_interval_ms: u64,
+    pub max_write_delay_ms: u64,
 
     /// Accept WebSocket upgrades only from this Origin (repeatable), e.g. `https://chat.example`.
     /// Without it every origin is accepted.
@@ -150,7 +151,7 @@ mod tests {
         assert_eq!(config.ping_timeout, Duration::from_secs(10));
         assert_eq!(config.handshake_timeout, Duration::from_secs(10));
         assert_eq!(config.close_timeout, Duration::from_secs(5));
-        assert_eq!(config.flush_interval_ms, 10);
+        assert_eq!(config.max_write_delay_ms, 10);
         assert_eq!(config.log_level, LevelFilter::Info);
     }
 }

@@ -12,6 +12,7 @@ mod connections;
 mod deadlines;
 mod failure;
 mod outgoing;
+mod pacing;
 mod pre_websocket;
 mod route;
 mod shutdown;
@@ -37,6 +38,7 @@ use connection::{Connection, Flushed, Phase, ReplyState};
 use connections::{Connections, Ending};
 use deadlines::Timeouts;
 use failure::{Failure, classify};
+use pacing::FlushPacing;
 use throttle::Throttle;
 
 pub use stats::Stats;
@@ -66,10 +68,8 @@ pub struct Reactor<H> {
     /// When a graceful shutdown must be over, once one has begun.
     shutdown_deadline: Option<Instant>,
     shutdown_timeout: Duration,
-    /// Least time between two flush rounds (`--flush-interval-ms`).
-    flush_interval: Duration,
-    /// When the next flush round may start.
-    next_flush: Instant,
+    /// When the next flush round may begin.
+    pacing: FlushPacing,
     handler: H,
     connections: Connections,
     websocket_config: WebSocketConfig,
@@ -106,8 +106,7 @@ impl<H: Handler> Reactor<H> {
             signals,
             shutdown_deadline: None,
             shutdown_timeout: config.shutdown_timeout,
-            flush_interval: Duration::from_millis(config.flush_interval_ms),
-            next_flush: started,
+            pacing: FlushPacing::new(Duration::from_millis(config.max_write_delay_ms), started),
             handler,
             connections,
             websocket_config: config.websocket(),
@@ -151,13 +150,13 @@ impl<H: Handler> Reactor<H> {
     /// 2. handle each event: accept, read, hand messages to the handler, which queues output;
     /// 3. fire the deadlines that are due (I/O first, then timers, as redis's `ae.c` does: a
     ///    frame that arrived just in time still counts);
-    /// 4. flush every connection that has output, once (with `--flush-interval-ms`, only if
-    ///    the last flush round is that long ago; the output waits for the next round otherwise);
+    /// 4. flush every connection that has output, once, unless the last flush round was so
+    ///    expensive that this one waits (see `pacing.rs`);
     /// 5. free the slots of connections that finished.
     fn turn(&mut self, events: &mut Events) -> io::Result<Flow> {
         let now = Instant::now();
         let mut timeout = self.connections.timers.next_timeout(now);
-        let flush_round = (!self.connections.to_flush.is_empty()).then_some(self.next_flush);
+        let flush_round = (!self.connections.to_flush.is_empty()).then_some(self.pacing.next_round());
         for deadline in [self.shutdown_deadline, flush_round].into_iter().flatten() {
             let left = deadline.saturating_duration_since(now);
             timeout = Some(timeout.map_or(left, |timeout| timeout.min(left)));
@@ -179,9 +178,9 @@ impl<H: Handler> Reactor<H> {
             }
         }
         self.fire_deadlines();
-        if self.connections.now >= self.next_flush && !self.connections.to_flush.is_empty() {
-            self.next_flush = self.connections.now + self.flush_interval;
+        if self.pacing.is_due(self.connections.now) && !self.connections.to_flush.is_empty() {
             self.flush_queued();
+            self.pacing.record(self.connections.now, Instant::now());
         }
         self.connections.reap();
         Ok(self.shutdown_progress())
