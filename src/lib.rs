@@ -15,10 +15,15 @@
 //!   - `reactor/shutdown.rs`: SIGINT and SIGTERM, and the graceful shutdown they start.
 //!   - `reactor/route.rs`: what a complete request head becomes.
 //!   - `reactor/failure.rs`: the one place tungstenite errors are sorted.
-//!   - `reactor/socket.rs`: the TCP stream with the request head replayed in front, counting bytes.
+//!   - `reactor/socket.rs`: the TCP stream with the request head replayed in front and the output
+//!     queue behind, counting bytes.
+//!   - `reactor/outgoing.rs`: a connection's output queue (shared frames, own bytes), written
+//!     with `writev`.
+//!   - `reactor/pacing.rs`: when the loop writes: flush rounds paced by their cost.
 //!   - `reactor/stats.rs`: the counters behind `/stats`; `reactor/throttle.rs`: rate-limited logs.
 //! - [`handler`]: the seam between reactor and application ([`handler::Handler`],
 //!   [`handler::Outbox`]).
+//! - [`frame`]: a WebSocket frame encoded once and shared by every connection it is sent to.
 //! - [`chat`]: the chat rules as a pure state machine (rooms, names, history, routing), its JSON
 //!   wire format in [`chat::protocol`], its bounded history, its rate limiter and its page.
 //! - [`http`]: request-head parsing and responses for the pre-WebSocket stage.
@@ -30,11 +35,13 @@
 //! 1. `poll` sleeps until some socket is ready or the nearest deadline on the timer wheel comes.
 //! 2. For each event: the listener accepts until `WouldBlock`; a connection reads until
 //!    `WouldBlock`. A complete message goes to the handler, which answers through the outbox:
-//!    each answer is serialized once and queued (not written) on every recipient.
+//!    each answer is serialized and framed once, and a handle to it is queued (not written) on
+//!    every recipient.
 //! 3. Deadlines that have come fire: slow handshakes and unanswered close frames are dropped,
 //!    silent connections are pinged, and connections silent after a ping are dropped.
-//! 4. Every connection with queued output is flushed once: one `write` carries all the frames
-//!    queued for it in this iteration. A full socket keeps its bytes and waits for WRITABLE.
+//! 4. Every connection with queued output is flushed once: one `writev` carries all the frames
+//!    queued for it. A full socket keeps its bytes and waits for WRITABLE. When the last round of
+//!    writes was expensive, the round waits for a later iteration (`reactor/pacing.rs`).
 //! 5. Connections that finished are freed. Slots are only freed here, so a token seen in step 2
 //!    can never belong to a connection that arrived during the same iteration.
 

@@ -179,8 +179,9 @@ impl<H: Handler> Reactor<H> {
         }
         self.fire_deadlines();
         if self.pacing.is_due(self.connections.now) && !self.connections.to_flush.is_empty() {
+            let started = Instant::now();
             self.flush_queued();
-            self.pacing.record(self.connections.now, Instant::now());
+            self.pacing.record(started, Instant::now());
         }
         self.connections.reap();
         Ok(self.shutdown_progress())
