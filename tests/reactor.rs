@@ -113,6 +113,44 @@ fn a_client_close_completes_the_handshake_and_the_room_hears_left() {
 }
 
 #[test]
+fn output_queued_when_the_close_handshake_finishes_is_still_delivered() {
+    // 64 messages of 1 MB are more than the kernel's buffers hold for a client that is not
+    // reading, so most of them are still in the server's queue when the close handshake ends.
+    let server = Server::start(&[
+        "--history",
+        "0",
+        "--max-message-bytes",
+        "1100000",
+        "--max-send-buffer",
+        "100000000",
+    ]);
+    let mut lazy = RawClient::connect(&server, "/?name=lazy");
+    let (mut talker, _) = server.join("/?name=talker");
+    let text = "a".repeat(1_000_000);
+    for _ in 0..64 {
+        talker.send_text(&text);
+    }
+    // The pong comes after the server has handled every message, so all 64 are queued for lazy.
+    talker.send_json(json!({"type": "ping"}));
+    talker.recv_type("pong");
+    // Lazy, still not reading, starts the close handshake; the server's reply joins the queue.
+    lazy.send_frame(0x88, &1000u16.to_be_bytes());
+    let mut messages = 0;
+    loop {
+        let (opcode, payload) = lazy.read_frame();
+        match opcode {
+            0x1 if payload.starts_with(br#"{"type":"message""#) => messages += 1,
+            0x1 => {}
+            0x8 => break,
+            other => panic!("unexpected opcode {other}"),
+        }
+    }
+    assert_eq!(messages, 64, "every message queued before the close frame arrives");
+    let mut rest = [0u8; 16];
+    assert_eq!(lazy.stream.read(&mut rest).unwrap(), 0, "the server hangs up after its close frame");
+}
+
+#[test]
 fn a_client_vanishing_mid_frame_disturbs_nobody() {
     let server = Server::start(&[]);
     let (mut alice, _) = server.join("/?name=alice");
