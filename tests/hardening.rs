@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, DEADLINE, RawClient, Server};
+use common::{Client, DEADLINE, RawClient, Server, masked_frame};
 use serde_json::json;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -69,6 +69,28 @@ fn a_client_that_never_reads_is_dropped_and_nobody_else_misses_a_message() {
             Err(error) => panic!("the lazy client was not disconnected: {error}"),
         }
     }
+    let stats: serde_json::Value = {
+        let response = server.http(b"GET /stats HTTP/1.1\r\n\r\n");
+        serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
+    };
+    assert_eq!(stats["slow_consumers_dropped"], 1);
+}
+
+#[test]
+fn a_client_that_floods_pings_and_never_reads_the_pongs_is_dropped_as_a_slow_reader() {
+    let mut server = Server::start(&["--max-message-bytes", "1000", "--max-send-buffer", "8192"]);
+    let mut flooder = RawClient::connect_with_receive_buffer(&server, "/?name=flooder", 4096);
+    let (mut witness, _) = server.join("/?name=witness");
+    let ping = masked_frame(0x89, &[7; 125]);
+    // Each ping earns a 127-byte pong that the flooder never reads. The server must give up on
+    // it long before 100,000 of them (12.7 MB); then the writes fail.
+    for _ in 0..100_000 {
+        if flooder.stream.write_all(&ping).is_err() {
+            break;
+        }
+    }
+    server.wait_for_log("send buffer full");
+    assert_eq!(witness.recv_type("left")["user"]["name"], "flooder");
     let stats: serde_json::Value = {
         let response = server.http(b"GET /stats HTTP/1.1\r\n\r\n");
         serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()

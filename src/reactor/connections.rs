@@ -154,6 +154,27 @@ impl Connections {
         self.finished.push(token);
     }
 
+    /// A reader too slow for `--max-send-buffer`: counted, logged, and closed with 1008 (or
+    /// dropped, if not even the close frame fits) between handler calls. Frames sent to it in the
+    /// meantime are skipped.
+    pub fn condemn_slow_reader(&mut self, token: Token) {
+        let Some(connection) = self.slab.get_mut(token.0) else { return };
+        if std::mem::replace(&mut connection.ending_queued, true) {
+            return;
+        }
+        warn!(
+            "connection {} from {}: send buffer full, disconnecting a slow reader",
+            token.0, connection.peer
+        );
+        self.stats.slow_consumers_dropped += 1;
+        // A connection already closing has had its close frame queued: it can only be dropped.
+        let ending = match connection.phase {
+            Phase::Open(_) => Ending::Close(CloseCode::Policy, "send buffer full"),
+            _ => Ending::Drop,
+        };
+        self.to_end.push((token, ending));
+    }
+
     /// Frees the slots of connections that finished during this iteration.
     pub fn reap(&mut self) {
         for token in self.finished.drain(..) {
@@ -170,14 +191,7 @@ impl Outbox for Connections {
             return;
         }
         if websocket.get_mut().queue_frame(frame).is_err() {
-            connection.ending_queued = true;
-            warn!(
-                "connection {} from {}: send buffer full, disconnecting a slow reader",
-                to.0, connection.peer
-            );
-            self.stats.slow_consumers_dropped += 1;
-            self.to_end.push((to, Ending::Close(CloseCode::Policy, "send buffer full")));
-            return;
+            return self.condemn_slow_reader(to);
         }
         self.stats.messages_out += 1;
         // `queue_flush` without a second slab lookup: this runs once per recipient of a broadcast.

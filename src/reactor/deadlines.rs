@@ -9,7 +9,7 @@ use super::connection::Phase;
 use super::connections::Ending;
 use crate::config::Config;
 use crate::frame::Frame;
-use crate::handler::{CloseCode, Handler};
+use crate::handler::Handler;
 use log::debug;
 use mio::Token;
 
@@ -97,7 +97,8 @@ impl<H: Handler> Reactor<H> {
         }
         connection.ping_sent = Some(now);
         if websocket.get_mut().queue_frame(&Frame::ping()).is_err() {
-            return self.end(token, Ending::Close(CloseCode::Policy, "send buffer full"));
+            self.connections.condemn_slow_reader(token);
+            return self.settle();
         }
         self.connections.queue_flush(token);
         self.connections.arm(token, now + self.timeouts.ping_timeout);

@@ -7,6 +7,7 @@ use std::io::ErrorKind;
 use tungstenite::Error;
 use tungstenite::error::ProtocolError;
 
+use super::socket::SendBufferFull;
 use crate::handler::CloseCode;
 
 /// What a tungstenite error means for the connection.
@@ -18,6 +19,8 @@ pub enum Failure {
     Interrupted,
     /// The close handshake is complete; the socket may be closed.
     Closed,
+    /// The connection's queue is over `--max-send-buffer`: its reader is too slow.
+    SendBufferFull,
     /// The peer broke RFC 6455; fail the connection with this close code (section 7.1.7).
     Violation(CloseCode, &'static str),
     /// The peer vanished or the socket broke.
@@ -28,6 +31,9 @@ pub fn classify(error: Error) -> Failure {
     match error {
         Error::Io(error) if error.kind() == ErrorKind::WouldBlock => Failure::WouldBlock,
         Error::Io(error) if error.kind() == ErrorKind::Interrupted => Failure::Interrupted,
+        Error::Io(error) if error.get_ref().is_some_and(|source| source.is::<SendBufferFull>()) => {
+            Failure::SendBufferFull
+        }
         Error::ConnectionClosed | Error::AlreadyClosed => Failure::Closed,
         Error::Io(error) => Failure::Gone(error.to_string()),
         Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
@@ -38,7 +44,7 @@ pub fn classify(error: Error) -> Failure {
         }
         Error::Capacity(_) => Failure::Violation(CloseCode::Size, "message too big"),
         Error::Utf8(_) => Failure::Violation(CloseCode::Invalid, "invalid UTF-8 in text"),
-        Error::WriteBufferFull(_) => Failure::Violation(CloseCode::Policy, "send buffer full"),
+        Error::WriteBufferFull(_) => Failure::SendBufferFull,
         other => Failure::Gone(other.to_string()),
     }
 }
@@ -49,6 +55,7 @@ impl fmt::Display for Failure {
             Failure::WouldBlock => formatter.write_str("would block"),
             Failure::Interrupted => formatter.write_str("interrupted"),
             Failure::Closed => formatter.write_str("closed"),
+            Failure::SendBufferFull => formatter.write_str("send buffer full"),
             Failure::Violation(code, reason) => write!(formatter, "{reason} (close code {code})"),
             Failure::Gone(reason) => formatter.write_str(reason),
         }

@@ -256,6 +256,11 @@ impl<H: Handler> Reactor<H> {
                     Failure::WouldBlock => return,
                     Failure::Interrupted => {}
                     Failure::Closed => return self.finish(token),
+                    // tungstenite's pong did not fit in the queue.
+                    Failure::SendBufferFull => {
+                        self.connections.condemn_slow_reader(token);
+                        return self.settle();
+                    }
                     Failure::Violation(code, reason) if open => {
                         debug!("connection {}: {reason}; closing with {code}", token.0);
                         return self.end(token, Ending::Fail(code, reason));
@@ -350,6 +355,7 @@ impl<H: Handler> Reactor<H> {
                         Err(error) => match classify(error) {
                             Failure::WouldBlock => Flushed::Blocked,
                             Failure::Closed => Flushed::Closed,
+                            Failure::SendBufferFull => Flushed::Overflowed,
                             failure => Flushed::Failed(failure.to_string()),
                         },
                     }
@@ -363,6 +369,7 @@ impl<H: Handler> Reactor<H> {
                 Flushed::Blocked => self.connections.set_writable(token, true),
                 Flushed::HangUp => self.hang_up(token),
                 Flushed::Closed => self.finish(token),
+                Flushed::Overflowed => self.connections.condemn_slow_reader(token),
                 Flushed::Finished => self.end(token, Ending::Drop),
                 Flushed::Failed(reason) => {
                     debug!("connection {}: flush failed: {reason}", token.0);
@@ -402,14 +409,16 @@ impl<H: Handler> Reactor<H> {
                 return;
             }
         };
-        let (stream, outgoing) = websocket.into_inner().into_parts();
-        let mut reply = ReplyState { stream, outgoing };
+        let (stream, outgoing, traffic) = websocket.into_inner().into_parts();
+        let mut reply = ReplyState { stream, outgoing, traffic: Some(traffic) };
         let flushed = reply.write_until_would_block();
         connection.phase = Phase::Reply(Box::new(reply));
         match flushed {
             Flushed::Finished | Flushed::Failed(_) => self.end(token, Ending::Drop),
             Flushed::Blocked => self.connections.set_writable(token, true),
-            Flushed::All | Flushed::HangUp | Flushed::Closed => self.connections.set_writable(token, false),
+            Flushed::All | Flushed::HangUp | Flushed::Closed | Flushed::Overflowed => {
+                self.connections.set_writable(token, false)
+            }
         }
     }
 }

@@ -12,6 +12,11 @@ use crate::frame::Frame;
 /// are already more than one write of a socket's default send buffer.
 const MAX_PIECES_PER_WRITE: usize = 64;
 
+/// What a chunk costs in memory beyond its bytes: its slot in the queue, and for a frame its
+/// reference-counted allocation. Charged against the send-buffer limit, so that a queue of many
+/// tiny frames is bounded in memory, not just in bytes to write.
+pub const CHUNK_OVERHEAD: usize = 64;
+
 #[derive(Default)]
 pub struct Outgoing {
     chunks: VecDeque<Chunk>,
@@ -53,6 +58,12 @@ impl Outgoing {
         self.bytes
     }
 
+    /// What the queue holds against the send-buffer limit: its bytes and `CHUNK_OVERHEAD` per
+    /// chunk.
+    pub fn cost(&self) -> usize {
+        self.bytes + self.chunks.len() * CHUNK_OVERHEAD
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bytes == 0
     }
@@ -63,14 +74,17 @@ impl Outgoing {
         self.chunks.push_back(Chunk::Shared(frame.clone()));
     }
 
-    /// Queues a copy of `bytes`, appended to the last chunk if that is the connection's own.
+    /// Queues a copy of `bytes`, appended to the last chunk if that is the connection's own and
+    /// not partly written. (A partly written chunk is freed only once all of it is written; one
+    /// that kept growing, pong after pong behind a slow reader, would never be.)
     pub fn push_bytes(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
         self.bytes += bytes.len();
+        let partly_written = self.chunks.len() == 1 && self.front_written > 0;
         match self.chunks.back_mut() {
-            Some(Chunk::Owned(last)) => last.extend_from_slice(bytes),
+            Some(Chunk::Owned(last)) if !partly_written => last.extend_from_slice(bytes),
             _ => self.chunks.push_back(Chunk::Owned(bytes.to_vec())),
         }
     }
@@ -199,6 +213,25 @@ mod tests {
         outgoing.push_frame(&Frame::ping());
         outgoing.push_bytes(b"!");
         assert_eq!((outgoing.chunks.len(), outgoing.len()), (3, 19 + 2 + 1));
+        assert_eq!(outgoing.cost(), 19 + 2 + 1 + 3 * CHUNK_OVERHEAD);
+    }
+
+    #[test]
+    fn a_partly_written_chunk_stops_growing() {
+        // A reader that takes a little less than it is sent, forever (pongs to a ping flood):
+        // what it has read must be freed, not kept at the front of an ever-growing chunk.
+        let mut outgoing = Outgoing::default();
+        let mut sink = Trickle { written: Vec::new(), room: usize::MAX, budget: 0 };
+        for _ in 0..1_000 {
+            outgoing.push_bytes(&[0x8A, 0x04, 1, 2, 3, 4]);
+            sink.budget = 5;
+            outgoing.write_to(&mut sink).expect("blocking is not an error");
+        }
+        assert_eq!(outgoing.len(), 1_000);
+        // What is held beyond the unwritten bytes is the written start of the front chunk, and
+        // that chunk stopped growing when its first byte was written: at most the backlog then.
+        let held: usize = outgoing.chunks.iter().map(|chunk| chunk.bytes().len()).sum();
+        assert!(held <= 2 * outgoing.len() + 6, "{held} bytes held for {} unwritten", outgoing.len());
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl<H: Handler> Reactor<H> {
     fn reply(&mut self, token: Token, response: Vec<u8>) {
         let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
         let Phase::Request(request) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
-        let reply = ReplyState { stream: request.stream, outgoing: Outgoing::of(response) };
+        let reply = ReplyState { stream: request.stream, outgoing: Outgoing::of(response), traffic: None };
         connection.phase = Phase::Reply(Box::new(reply));
         self.connections.queue_flush(token);
         // A client that does not read its response, or never hangs up, is dropped at this deadline.
@@ -121,7 +121,7 @@ impl<H: Handler> Reactor<H> {
         };
         match reply.discard_input() {
             // The event may also mean the socket is writable again.
-            Flushed::All | Flushed::Blocked | Flushed::HangUp | Flushed::Closed => {
+            Flushed::All | Flushed::Blocked | Flushed::HangUp | Flushed::Closed | Flushed::Overflowed => {
                 self.connections.queue_flush(token)
             }
             Flushed::Finished | Flushed::Failed(_) => self.end(token, Ending::Drop),

@@ -3,12 +3,14 @@
 //! is open, writes go to the connection's [`Outgoing`] queue, which the reactor's flush writes
 //! with `writev` once per loop iteration.
 
+use std::error::Error;
+use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::rc::Rc;
 
 use mio::net::TcpStream;
 
-use super::outgoing::Outgoing;
+use super::outgoing::{CHUNK_OVERHEAD, Outgoing};
 use super::stats::Traffic;
 use crate::frame::Frame;
 
@@ -38,9 +40,19 @@ pub struct Socket {
 /// be judged slow just because the flush had not come yet.
 const WRITE_EARLY_BYTES: usize = 64 * 1024;
 
-/// A frame did not fit under the connection's send-buffer limit: its reader is too slow.
+/// A frame did not fit under the connection's send-buffer limit: its reader is too slow. When
+/// tungstenite's own write (a pong, a close frame) meets it, it arrives as the source of an
+/// `io::Error`, which `failure::classify` recognizes.
 #[derive(Debug)]
 pub struct SendBufferFull;
+
+impl fmt::Display for SendBufferFull {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("send buffer full")
+    }
+}
+
+impl Error for SendBufferFull {}
 
 impl Socket {
     pub fn new(stream: TcpStream, replay: Vec<u8>, traffic: Rc<Traffic>) -> Self {
@@ -72,16 +84,18 @@ impl Socket {
         if self.outgoing.is_empty() { Ok(()) } else { Err(ErrorKind::WouldBlock.into()) }
     }
 
+    /// Whether one more chunk of `bytes` fits under the limit.
     fn make_room(&self, bytes: usize) -> Result<(), SendBufferFull> {
         match self.queue_limit {
-            Some(limit) if self.outgoing.len() + bytes > limit => Err(SendBufferFull),
+            Some(limit) if self.outgoing.cost() + bytes + CHUNK_OVERHEAD > limit => Err(SendBufferFull),
             _ => Ok(()),
         }
     }
 
-    /// The stream and what is still queued for it, once tungstenite is done with them.
-    pub fn into_parts(self) -> (TcpStream, Outgoing) {
-        (self.stream, self.outgoing)
+    /// The stream, what is still queued for it, and the byte counters, once tungstenite is done
+    /// with them.
+    pub fn into_parts(self) -> (TcpStream, Outgoing, Rc<Traffic>) {
+        (self.stream, self.outgoing, self.traffic)
     }
 
     /// The stream, for (re)registering with the poll.
@@ -119,9 +133,7 @@ impl Write for Socket {
             self.traffic.add_out(count);
             return Ok(count);
         }
-        if self.make_room(bytes.len()).is_err() {
-            return Err(io::Error::other("send buffer full"));
-        }
+        self.make_room(bytes.len()).map_err(io::Error::other)?;
         self.outgoing.push_bytes(bytes);
         Ok(bytes.len())
     }

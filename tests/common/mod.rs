@@ -253,7 +253,19 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn connect(server: &Server, target: &str) -> RawClient {
-        let mut stream = TcpStream::connect(server.addr).unwrap();
+        RawClient::upgrade(TcpStream::connect(server.addr).unwrap(), server, target)
+    }
+
+    /// Connects with a small receive buffer (set before the connection exists, so that the
+    /// window stays small): a client that does not read then fills the server's queue quickly.
+    pub fn connect_with_receive_buffer(server: &Server, target: &str, bytes: usize) -> RawClient {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        socket.connect(&server.addr.into()).unwrap();
+        RawClient::upgrade(socket.into(), server, target)
+    }
+
+    fn upgrade(mut stream: TcpStream, server: &Server, target: &str) -> RawClient {
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
         let request = format!(
             "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
