@@ -12,8 +12,10 @@
 #
 # Servers: wschat with its defaults; wschat-eager, the same binary with --max-write-delay-ms 0
 # (writes at the end of every loop iteration, never paced; run in fanout-1000 only); tokio-ct
-# and tokio-mt, the tokio baseline on the current-thread and multi-thread runtimes. Ratios
-# compare wschat with the best tokio server.
+# and tokio-mt, the tokio baseline on the current-thread and multi-thread runtimes; and, only
+# when asked for (SERVERS="... node-ws", about 2.5 more minutes), node-ws, the Node.js baseline
+# on the `ws` package (benches/node-ws; needs node and npm). Ratios compare wschat with the best
+# of the others.
 #
 # Environment: REPS (default 3), SERVERS (default "wschat wschat-eager tokio-ct tokio-mt"), QUICK=1 (short
 # windows, results under /tmp unless OUT_DIR is set), OUT_DIR (default docs/), SERVER_CPU (0),
@@ -43,6 +45,10 @@ log "building wschat (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin wschat)
 log "building loadgen and tokio-chat (release)"
 CARGO_TARGET_DIR="$BENCH/target" cargo build --release --quiet --manifest-path "$BENCH/Cargo.toml"
+if [[ " $SERVERS " == *" node-ws "* ]]; then
+    log "installing the Node.js baseline's packages"
+    (cd "$ROOT/benches/node-ws" && npm ci --no-audit --no-fund --loglevel=error)
+fi
 WSCHAT="$ROOT/target/release/wschat"
 TOKIO_CHAT="$BENCH/target/release/tokio-chat"
 LOADGEN="$BENCH/target/release/loadgen"
@@ -65,6 +71,9 @@ start_server() {
         wschat-eager) cmd=("$WSCHAT" "${wschat_flags[@]}" --max-write-delay-ms 0 "${extra_wschat[@]}") ;;
         tokio-ct) cmd=("$TOKIO_CHAT" --bind 127.0.0.1:0 --runtime current-thread --max-connections 15000 "${extra_tokio[@]}") ;;
         tokio-mt) cmd=("$TOKIO_CHAT" --bind 127.0.0.1:0 --runtime multi-thread --max-connections 15000 "${extra_tokio[@]}") ;;
+        # node cannot raise its own open-files limit; the shell does, then becomes node (same pid).
+        node-ws) cmd=(bash -c 'ulimit -n "$(ulimit -Hn)" && exec node "$@"' node-ws \
+            "$ROOT/benches/node-ws/server.mjs" --bind 127.0.0.1:0 --max-connections 15000) ;;
         *) log "unknown server $name"; exit 2 ;;
     esac
     : >"$logfile"
@@ -186,7 +195,9 @@ cat >"$WORK/meta.json" <<JSON
     "tokio": $(json_string "$(lock_version "$BENCH/Cargo.lock" tokio)"),
     "tokio-tungstenite": $(json_string "$(lock_version "$BENCH/Cargo.lock" tokio-tungstenite)"),
     "loadgen mio": $(json_string "$(lock_version "$BENCH/Cargo.lock" mio)"),
-    "hdrhistogram": $(json_string "$(lock_version "$BENCH/Cargo.lock" hdrhistogram)")
+    "hdrhistogram": $(json_string "$(lock_version "$BENCH/Cargo.lock" hdrhistogram)"),
+    "node": $(json_string "$(node --version 2>/dev/null || echo none)"),
+    "ws (npm)": $(json_string "$(sed -n 's/.*"ws": "\(.*\)".*/\1/p' "$ROOT/benches/node-ws/package.json")")
   },
   "setup": $(json_string "server pinned to core $SERVER_CPU, loadgen to core $LOADGEN_CPU; wschat ${wschat_flags[*]} (wschat-eager adds --max-write-delay-ms 0); tokio-mt workers: ${tokio_workers:-?}; $REPS runs per server, medians")
 }

@@ -23,8 +23,9 @@ if cargo tree -e normal --prefix none | grep -Eq '^(tokio|async-std|smol|futures
     exit 1
 fi
 
-step "benchmark tools: the load generator and the tokio baseline speak the protocol"
+step "benchmark tools: the load generator and the tokio and Node baselines speak the protocol"
 cargo build --release --bin wschat
+(cd benches/node-ws && npm ci --no-audit --no-fund --loglevel=error)
 cargo test --release --manifest-path benches/loadgen/Cargo.toml
 
 step "RFC 6455 conformance (Autobahn fuzzing client against examples/echo)"

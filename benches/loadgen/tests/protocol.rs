@@ -1,6 +1,7 @@
-//! The baseline speaks the protocol subset the benchmark uses, exactly as wschat does: the same
-//! checks run against `tokio-chat` (both runtimes) and, when it has been built, against wschat
-//! itself (`../../target/release/wschat`, or `WSCHAT_BIN`).
+//! The baselines speak the protocol subset the benchmark uses, exactly as wschat does: the same
+//! checks run against `tokio-chat` (both runtimes), against the Node.js baseline when its
+//! packages are installed (`npm ci` in `benches/node-ws`), and, when it has been built, against
+//! wschat itself (`../../target/release/wschat`, or `WSCHAT_BIN`).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -108,7 +109,11 @@ fn check(port: u16) {
     send(&mut alice, json!({"type":"dance"}));
     assert_eq!(next(&mut alice)["code"], json!("unknown_type"));
 
+    // Bob closes as a well-behaved client does: his close frame, the server's reply, the end of
+    // the stream. (The Node baseline hears of a departure only when the socket closes.)
     bob.close(None).unwrap();
+    while bob.read().is_ok() {}
+    drop(bob);
     assert_eq!(next(&mut alice), json!({"type":"left","room":"r 1","user":{"id":bob_id,"name":bob_name}}));
 }
 
@@ -122,6 +127,18 @@ fn tokio_chat_current_thread_speaks_the_protocol() {
 fn tokio_chat_multi_thread_speaks_the_protocol() {
     let server =
         start(env!("CARGO_BIN_EXE_tokio-chat"), &["--bind", "127.0.0.1:0", "--runtime", "multi-thread"]);
+    check(server.port);
+}
+
+#[test]
+fn node_ws_speaks_the_same_protocol_if_installed() {
+    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/../node-ws");
+    let node = Command::new("node").arg("--version").output();
+    if node.is_err() || !std::path::Path::new(&format!("{directory}/node_modules/ws")).exists() {
+        eprintln!("skipped: no node, or no `npm ci` in {directory}");
+        return;
+    }
+    let server = start("node", &[&format!("{directory}/server.mjs"), "--bind", "127.0.0.1:0"]);
     check(server.port);
 }
 
