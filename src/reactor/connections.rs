@@ -4,14 +4,15 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use log::{debug, warn};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
 use super::connection::{Connection, Phase};
 use super::stats::{Stats, Traffic};
 use crate::frame::Frame;
 use crate::handler::{CloseCode, Outbox};
 use crate::timer::TimerWheel;
-use log::{debug, warn};
-use mio::{Interest, Registry, Token};
-use slab::Slab;
 
 /// The wheel's tick. Deadlines here are seconds long; 10 ms is fine-grained enough and lets an
 /// idle server sleep until the tick a deadline falls in.

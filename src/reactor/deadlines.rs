@@ -4,14 +4,15 @@
 
 use std::time::Duration;
 
+use log::debug;
+use mio::Token;
+
 use super::Reactor;
 use super::connection::Phase;
 use super::connections::Ending;
 use crate::config::Config;
 use crate::frame::Frame;
 use crate::handler::Handler;
-use log::debug;
-use mio::Token;
 
 /// The deadlines' lengths, from the command line.
 #[derive(Debug, Clone, Copy)]
