@@ -2,13 +2,18 @@
 //
 //   WSCHAT_BIN=target/release/wschat node --test tests/browser/chat.e2e.mjs
 //
+// The pages load through TCP relays in this file (see "relay"), so the test can cut, stall or
+// blackhole a page's connection while the server keeps running.
+//
 // Env: WSCHAT_BIN (server binary, default target/release/wschat), CHROMIUM (default /usr/bin/chromium),
 // SCREENSHOT=1 (write docs/screenshot.png; otherwise screenshots go to a temp dir),
-// E2E_DEADLINE_MS (overall deadline, default 120000).
+// E2E_DEADLINE_MS (overall deadline, default 120000), PAGE_FILE (development only: the relays
+// serve this file for GET / instead of the page compiled into the binary).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,13 +27,16 @@ const DEADLINE_MS = Number(process.env.E2E_DEADLINE_MS || 120_000);
 const TMP = mkdtempSync(path.join(tmpdir(), 'wschat-e2e-'));
 const SHOT = process.env.SCREENSHOT === '1' ? path.join(ROOT, 'docs', 'screenshot.png') : path.join(TMP, 'screenshot.png');
 const DESKTOP = { width: 1200, height: 800 };
+const PAGE_FILE = process.env.PAGE_FILE ? path.resolve(process.env.PAGE_FILE) : null;
+const GAP = 'Some messages may be missing';
 
 let server = null; // { child, port, log: string[] }
 let browser = null;
 let port = 0;
 let broken = false; // once a step fails the later ones are skipped (they depend on its state)
-const ctx = {}; // alice, bob: BrowserContext
-const pages = {}; // alice, bob: Page
+const ctx = {}; // alice, bob, carol: BrowserContext
+const pages = {}; // alice, bob, carol: Page
+const relays = {}; // alice: alice's own relay (the one the test cuts); others: everyone else's
 
 // ---------- hard limits: never hang, never leak the server ----------
 const killServerNow = () => { try { server?.child.kill('SIGKILL'); } catch { /* gone */ } };
@@ -87,25 +95,104 @@ async function stopServer() {
   clearTimeout(t);
 }
 
+// ---------- relay: a TCP hop between the browser and the server that the test controls ----------
+// A page loaded from http://127.0.0.1:RELAY/ opens its WebSocket to location.host, so that goes
+// through the relay too. The relay forwards bytes untouched, except when the test asks it to
+// hold the server's bytes (acks wait), drop the page's bytes (requests vanish), refuse new
+// connections, or sever every connection (the page sees the link die; the server sees a close).
+function startRelay(name) {
+  const relay = {
+    name, port: 0,
+    upgrades: [], // request targets of the WebSocket upgrades seen, oldest first
+    refusing: false, // new connections are closed at once
+    holdingDown: false, // server-to-page bytes are buffered until release()
+    droppingUp: false, // page-to-server bytes are discarded
+    pairs: new Set(), // {client, upstream, held}
+    sever() {
+      for (const pair of relay.pairs) { pair.client.destroy(); pair.upstream?.destroy(); }
+      relay.pairs.clear();
+    },
+    release() {
+      relay.holdingDown = false;
+      for (const pair of relay.pairs) { for (const chunk of pair.held) pair.client.write(chunk); pair.held = []; }
+    },
+  };
+  const listener = net.createServer((client) => accept(relay, client));
+  relay.close = () => { relay.sever(); listener.close(); };
+  return new Promise((resolve, reject) => {
+    listener.once('error', reject);
+    listener.listen(0, '127.0.0.1', () => { relay.port = listener.address().port; resolve(relay); });
+  });
+}
+
+function accept(relay, client) {
+  client.on('error', () => {}); // a severed or refused socket is expected here
+  if (relay.refusing) { client.destroy(); return; }
+  const pair = { client, upstream: null, held: [] };
+  relay.pairs.add(pair);
+  client.on('close', () => { pair.upstream?.destroy(); relay.pairs.delete(pair); });
+  // Read the request head to log upgrades and, with PAGE_FILE, answer GET / here.
+  let head = Buffer.alloc(0);
+  const onHead = (chunk) => {
+    head = Buffer.concat([head, chunk]);
+    const end = head.indexOf('\r\n\r\n');
+    if (end < 0) { if (head.length > 65_536) client.destroy(); return; }
+    client.off('data', onHead);
+    const [requestLine, ...headers] = head.subarray(0, end).toString('latin1').split('\r\n');
+    const [method, target] = requestLine.split(' ');
+    const upgrade = headers.some((h) => /^upgrade:\s*websocket\s*$/i.test(h));
+    if (upgrade) relay.upgrades.push(target);
+    if (PAGE_FILE && method === 'GET' && !upgrade && new URL(target, 'http://relay').pathname === '/') {
+      const body = readFileSync(PAGE_FILE); // re-read on every load, for editing while iterating
+      client.write(`HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: ${body.length}\r\n` +
+        'Cache-Control: no-cache\r\nConnection: close\r\n\r\n');
+      client.end(body);
+      return;
+    }
+    forward(relay, pair, head);
+  };
+  client.on('data', onHead);
+}
+
+function forward(relay, pair, firstBytes) {
+  const upstream = net.connect(server.port, '127.0.0.1'); // server.port: the restarted server keeps it
+  pair.upstream = upstream;
+  upstream.on('error', () => {}); // refused while the server restarts: 'close' follows
+  upstream.on('close', () => pair.client.destroy());
+  upstream.write(firstBytes);
+  pair.client.on('data', (chunk) => { if (!relay.droppingUp) upstream.write(chunk); });
+  upstream.on('data', (chunk) => { if (relay.holdingDown) pair.held.push(chunk); else pair.client.write(chunk); });
+}
+
+const upgradeParams = (relay) => new URLSearchParams((relay.upgrades.at(-1) || '').split('?')[1] || '');
+
 // ---------- page helpers (Playwright auto-waiting; no fixed sleeps) ----------
 const url = () => `http://127.0.0.1:${port}/`;
+const relayUrl = (who) => `http://127.0.0.1:${(who === 'alice' ? relays.alice : relays.others).port}/`;
 
-async function openChat(who) {
+async function openChat(who, query = '') {
   const page = await ctx[who].newPage();
   page.on('pageerror', (err) => console.error(`# [${who}] page error: ${err.message}`));
-  await page.goto(url());
-  await waitOnline(page);
   page.__who = who;
   pages[who] = page;
+  await page.goto(relayUrl(who) + query);
+  await waitOnline(page);
   return page;
 }
 const waitOnline = (page, timeout = WAIT_MS) => page.locator('[data-testid="status"][data-state="online"]').waitFor({ timeout });
+const waitStatus = (page, state, timeout = WAIT_MS) => page.locator(`[data-testid="status"][data-state="${state}"]`).waitFor({ timeout });
 
 async function setNick(page, name) {
   await page.getByTestId('nick-input').fill(name);
   await page.getByTestId('nick-button').click();
   await page.waitForFunction((n) => document.querySelector('[data-testid="nick-input"]').value === n &&
     [...document.querySelectorAll('[data-testid="member"]')].some((li) => li.firstChild.textContent === n), name, { timeout: WAIT_MS });
+}
+
+async function joinRoom(page, room) {
+  await page.getByTestId('room-input').fill(room);
+  await page.getByTestId('room-button').click();
+  await page.getByTestId('room-name').getByText('#' + room, { exact: true }).waitFor({ timeout: WAIT_MS });
 }
 
 async function sendMessage(page, text) {
@@ -120,13 +207,29 @@ async function waitMessage(page, text) {
     throw new Error(`${page.__who} never showed message ${JSON.stringify(text)}; it shows:\n${await shown(page)}`);
   }
 }
-const shown = (page) => page.$$eval('[data-testid="messages"] li', (lis) => lis.map((li) => `  [${li.dataset.kind}] ${li.textContent}`).join('\n')).catch(() => '?');
+const shown = (page, list = 'messages') => page.$$eval(`[data-testid="${list}"] li`, (lis) => lis.map((li) => `  [${li.dataset.kind}${li.dataset.state ? ' ' + li.dataset.state : ''}] ${li.textContent}`).join('\n')).catch(() => '?');
+
+// The item (room message or DM) whose bubble reads exactly `text`, in list `list` ('messages' or 'dms').
+const item = (page, text, list = 'messages') =>
+  page.getByTestId(list).locator('[data-kind="message"], [data-kind="dm"]').filter({ has: page.locator('.text').getByText(text, { exact: true }) });
+
+// Waits until the own item reading `text` has data-state `state` (pending, sent, failed).
+async function waitState(page, text, state, list = 'messages') {
+  try {
+    await item(page, text, list).and(page.locator(`[data-state="${state}"]`)).waitFor({ timeout: WAIT_MS });
+  } catch (err) {
+    throw new Error(`${page.__who}: ${JSON.stringify(text)} never became ${state}; ${list} shows:\n${await shown(page, list)}`);
+  }
+}
 
 // Waits for the n-th (1-based) inline notice of `kind` whose text starts with `prefix`.
-async function waitNotice(page, kind, prefix, n = 1) {
+const noticesOf = (page, kind, prefix) => {
   const re = new RegExp('^' + prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+  return page.getByTestId('messages').locator(`[data-kind="${kind}"]`).filter({ hasText: re });
+};
+async function waitNotice(page, kind, prefix, n = 1) {
   try {
-    await page.getByTestId('messages').locator(`[data-kind="${kind}"]`).filter({ hasText: re }).nth(n - 1).waitFor({ timeout: WAIT_MS });
+    await noticesOf(page, kind, prefix).nth(n - 1).waitFor({ timeout: WAIT_MS });
   } catch (err) {
     throw new Error(`${page.__who} never showed ${kind} notice #${n} starting with ${JSON.stringify(prefix)}; it shows:\n${await shown(page)}`);
   }
@@ -143,6 +246,24 @@ async function waitMembers(page, names) {
     const got = await page.$$eval('[data-testid="member"]', (lis) => lis.map((li) => li.firstChild.textContent)).catch(() => '?');
     throw new Error(`${page.__who}'s member list: expected ${JSON.stringify(want)}, got ${JSON.stringify(got)} (${err.message.split('\n')[0]})`);
   }
+}
+
+// The room messages a page shows, in order: [{text, seq}].
+const roomMessages = (page) => page.$$eval('[data-testid="messages"] [data-kind="message"]',
+  (lis) => lis.map((li) => ({ text: li.querySelector('.text').textContent, seq: li.dataset.seq === undefined ? null : Number(li.dataset.seq) })));
+
+// Each of `texts` is shown exactly once, in this order; no text at all is shown twice; the seqs
+// on screen only go up.
+async function assertEachOnceInOrder(page, texts) {
+  const got = await roomMessages(page);
+  const all = got.map((m) => m.text);
+  const dump = `\n${page.__who} shows:\n${await shown(page)}`;
+  for (const text of texts) assert.equal(all.filter((t) => t === text).length, 1, `${JSON.stringify(text)} should be shown exactly once${dump}`);
+  const positions = texts.map((text) => all.indexOf(text));
+  assert.deepEqual(positions, [...positions].sort((a, b) => a - b), `messages out of order${dump}`);
+  assert.equal(new Set(all).size, all.length, `some message is shown twice${dump}`);
+  const seqs = got.map((m) => m.seq).filter((s) => s !== null);
+  for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i] > seqs[i - 1], `seq ${seqs[i]} after ${seqs[i - 1]}${dump}`);
 }
 
 // Each step is a node:test test; a failure records diagnostics and skips the dependent steps after it.
@@ -168,6 +289,9 @@ function step(name, fn) {
 before(async () => {
   await startServer('127.0.0.1:0');
   port = server.port;
+  relays.alice = await startRelay('alice');
+  relays.others = await startRelay('others');
+  if (PAGE_FILE) console.log(`# PAGE_FILE: the relays serve ${PAGE_FILE} for GET /, not the binary's page`);
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -180,6 +304,7 @@ before(async () => {
 
 after(async () => {
   await Promise.race([browser?.close(), new Promise((r) => setTimeout(r, 10_000).unref())]).catch(() => {});
+  for (const relay of Object.values(relays)) relay.close();
   await stopServer().catch(() => {});
   killServerNow();
 });
@@ -241,6 +366,24 @@ step('messages go both ways, own messages show locally, text is never parsed as 
   assert.equal(await alice.evaluate(() => window.__pwned), undefined);
 });
 
+step('a sent message shows as pending until the server acks it, then as sent', async () => {
+  const { alice, bob } = pages;
+  const text = 'This one waits for its ack.';
+  relays.alice.holdingDown = true; // the server's reply (the ack) waits in the relay
+  try {
+    await sendMessage(alice, text);
+    await waitState(alice, text, 'pending');
+    await item(alice, text).getByText('sending…').waitFor({ state: 'visible', timeout: WAIT_MS });
+    await waitMessage(bob, text); // the server has it; only the ack is held back
+    assert.equal(await item(alice, text).getAttribute('data-state'), 'pending');
+  } finally {
+    relays.alice.release();
+  }
+  await waitState(alice, text, 'sent');
+  assert.equal(await item(alice, text).getByText('sending…').count(), 0);
+  assert.match(await item(alice, text).getAttribute('data-seq') || '', /^\d+$/, 'the ack\'s seq is recorded on the message');
+});
+
 step('server errors are shown as a visible notice', async () => {
   const { bob } = pages;
   await bob.getByTestId('nick-input').fill('alice'); // taken
@@ -253,25 +396,144 @@ step('server errors are shown as a visible notice', async () => {
 
 step('switching rooms updates the room, the member lists and the notices', async () => {
   const { alice, bob } = pages;
-  await alice.getByTestId('room-input').fill('rust');
-  await alice.getByTestId('room-button').click();
-  await alice.getByTestId('room-name').getByText('#rust', { exact: true }).waitFor({ timeout: WAIT_MS });
+  await joinRoom(alice, 'rust');
   await waitMembers(alice, ['alice']);
   await waitNotice(bob, 'left', 'alice left');
   await waitMembers(bob, ['bob']);
-  await alice.getByTestId('room-input').fill('lobby');
-  await alice.getByTestId('room-button').click();
-  await alice.getByTestId('room-name').getByText('#lobby', { exact: true }).waitFor({ timeout: WAIT_MS });
+  await joinRoom(alice, 'lobby');
   await waitMembers(alice, ['alice', 'bob']);
   await waitNotice(bob, 'joined', 'alice joined');
   await waitMembers(bob, ['alice', 'bob']);
 });
 
-step('closing a page shows "left"; reopening restores the nickname and shows "joined"', async () => {
+step('a link /?room=rust&name=carol opens the page as carol in #rust, over the saved name and room', async () => {
+  const { alice } = pages;
+  await joinRoom(alice, 'rust');
+  await waitMembers(alice, ['alice']);
+  ctx.carol = await browser.newContext({ viewport: DESKTOP });
+  // A fresh browser that has been here before as "zoe" in #lobby: the link must win.
+  await ctx.carol.addInitScript(() => { localStorage.setItem('wschat.name', 'zoe'); localStorage.setItem('wschat.room', 'lobby'); });
+  const carol = await openChat('carol', '?room=rust&name=carol&token=e2e-token');
+  await carol.getByTestId('room-name').getByText('#rust', { exact: true }).waitFor({ timeout: WAIT_MS });
+  assert.equal(await carol.getByTestId('nick-input').inputValue(), 'carol');
+  await waitMembers(carol, ['alice', 'carol']);
+  await waitMembers(alice, ['alice', 'carol']);
+  await waitNotice(alice, 'joined', 'carol joined');
+  const query = upgradeParams(relays.others);
+  assert.deepEqual([query.get('name'), query.get('room'), query.get('token')], ['carol', 'rust', 'e2e-token'],
+    `the upgrade carries the link's name, room and token: ${relays.others.upgrades.at(-1)}`);
+  await ctx.carol.close();
+  delete pages.carol;
+  await waitNotice(alice, 'left', 'carol left');
+  await joinRoom(alice, 'lobby');
+  await waitMembers(alice, ['alice', 'bob']);
+});
+
+step('clicking a member opens a direct message, shown apart from the room on both sides', async () => {
+  const { alice, bob } = pages;
+  const text = 'Psst, Bob: this one is just for you.';
+  await alice.getByTestId('members').getByRole('button', { name: /^bob\b/ }).click();
+  await alice.getByTestId('dm-target').getByText('bob').waitFor({ state: 'visible', timeout: WAIT_MS });
+  relays.alice.holdingDown = true; // see the DM pending until its ack
+  try {
+    await sendMessage(alice, text);
+    await waitState(alice, text, 'pending', 'dms');
+    await item(bob, text, 'dms').waitFor({ timeout: WAIT_MS });
+  } finally {
+    relays.alice.release();
+  }
+  await waitState(alice, text, 'sent', 'dms');
+  assert.equal(await item(bob, text, 'dms').getAttribute('data-direction'), 'in');
+  assert.match(await item(bob, text, 'dms').textContent(), /^alice/);
+  for (const page of [alice, bob]) {
+    assert.equal(await page.getByTestId('messages').getByText(text).count(), 0, `${page.__who} shows the DM among the room's messages`);
+  }
+  // bob answers from his DM list; alice sees the answer in hers.
+  const reply = 'Got it, thanks.';
+  await bob.getByTestId('dms').getByRole('button', { name: 'Reply to alice' }).first().click();
+  await bob.getByTestId('dm-target').getByText('alice').waitFor({ state: 'visible', timeout: WAIT_MS });
+  await sendMessage(bob, reply);
+  await item(alice, reply, 'dms').waitFor({ timeout: WAIT_MS });
+  await waitState(bob, reply, 'sent', 'dms');
+  for (const page of [alice, bob]) {
+    assert.equal(await page.getByTestId('messages').getByText(reply).count(), 0, `${page.__who} shows the DM among the room's messages`);
+    await page.getByTestId('dm-close').click(); // back to the room
+    await page.getByTestId('dm-target').waitFor({ state: 'hidden', timeout: WAIT_MS });
+  }
+});
+
+step('after a short break (server still up) the page resumes: every message once, in order, no gap notice', async () => {
+  const { alice, bob } = pages;
+  const text = (n) => `Resume check ${n}.`;
+  await sendMessage(bob, text(1));
+  await waitMessage(alice, text(1));
+  const since = Number(await item(alice, text(1)).getAttribute('data-seq'));
+  assert.ok(since > 0, 'messages carry their seq');
+
+  // alice's message reaches the server but its ack never reaches her.
+  relays.alice.holdingDown = true;
+  await sendMessage(alice, text(2));
+  await waitMessage(bob, text(2));
+  await waitState(alice, text(2), 'pending');
+  await sendMessage(bob, text(3)); // held back from alice too
+  await waitState(bob, text(3), 'sent');
+
+  // Cut alice off and keep her off while bob goes on talking.
+  const leftBefore = await noticesOf(bob, 'left', 'alice left').count();
+  relays.alice.refusing = true;
+  relays.alice.sever(); // drops the held bytes with the connection
+  relays.alice.holdingDown = false;
+  await waitStatus(alice, 'reconnecting');
+  await waitNotice(bob, 'left', 'alice left', leftBefore + 1);
+  await sendMessage(bob, text(4));
+  await waitState(bob, text(4), 'sent');
+  await sendMessage(bob, text(5));
+  await waitState(bob, text(5), 'sent');
+
+  relays.alice.refusing = false;
+  await waitOnline(alice, RECONNECT_MS);
+  const query = upgradeParams(relays.alice);
+  assert.equal(query.get('since'), String(since), `resumes from the last seq shown: ${relays.alice.upgrades.at(-1)}`);
+  assert.match(query.get('epoch') || '', /^[a-z0-9]{8}$/, `sends the room's epoch: ${relays.alice.upgrades.at(-1)}`);
+  for (const n of [3, 4, 5]) await waitMessage(alice, text(n));
+  await waitState(alice, text(2), 'sent'); // found in the replayed history, so it did arrive
+  await sendMessage(bob, text(6));
+  await waitMessage(alice, text(6));
+  await assertEachOnceInOrder(alice, [1, 2, 3, 4, 5, 6].map(text));
+  assert.equal(await alice.getByTestId('messages').locator('[data-kind="gap"]').count(), 0, 'no "may be missing" notice after a full resume');
+});
+
+step('a message that never reached the server is marked not delivered after the reconnect; Retry sends it', async () => {
+  const { alice, bob } = pages;
+  const text = 'This one is lost on the way.';
+  relays.alice.droppingUp = true;
+  await sendMessage(alice, text);
+  await waitState(alice, text, 'pending');
+  relays.alice.sever();
+  relays.alice.droppingUp = false;
+  await waitStatus(alice, 'reconnecting');
+  await waitOnline(alice, RECONNECT_MS);
+  await waitState(alice, text, 'failed');
+  await item(alice, text).getByText('Not delivered').waitFor({ state: 'visible', timeout: WAIT_MS });
+  assert.equal(await bob.getByTestId('messages').getByText(text).count(), 0);
+  await item(alice, text).getByRole('button', { name: /^Send again/ }).click();
+  await waitState(alice, text, 'sent');
+  await waitMessage(bob, text);
+  assert.equal(await alice.getByTestId('messages').locator('[data-kind="gap"]').count(), 0);
+  await assertEachOnceInOrder(alice, [text]);
+});
+
+step('closing a page shows "left"; a DM to the departed shows an error; reopening restores the nickname', async () => {
   const { alice } = pages;
   await pages.bob.close();
   await waitNotice(alice, 'left', 'bob left');
   await waitMembers(alice, ['alice']);
+  const text = 'Bob, are you still there?';
+  await alice.getByTestId('dms').getByRole('button', { name: 'Reply to bob' }).first().click();
+  await sendMessage(alice, text);
+  await waitState(alice, text, 'failed', 'dms');
+  await waitNotice(alice, 'error', 'Error: ');
+  await alice.getByTestId('dm-close').click();
   const bob = await openChat('bob'); // same context: nickname + room come back from localStorage
   await waitMembers(bob, ['alice', 'bob']);
   assert.equal(await bob.getByTestId('nick-input').inputValue(), 'bob');
@@ -279,20 +541,22 @@ step('closing a page shows "left"; reopening restores the nickname and shows "jo
   await waitMembers(alice, ['alice', 'bob']);
 });
 
-step('both pages reconnect after a server restart on the same port', async () => {
+step('both pages reconnect after a server restart on the same port and say messages may be missing', async () => {
   const { alice, bob } = pages;
   await stopServer();
   for (const page of [alice, bob]) {
-    await page.locator('[data-testid="status"][data-state="reconnecting"]').waitFor({ timeout: WAIT_MS });
+    await waitStatus(page, 'reconnecting');
     assert.match(await page.getByTestId('status').textContent(), /Reconnecting in \d+s/);
   }
   await startServer(`127.0.0.1:${port}`);
   assert.equal(server.port, port);
   await Promise.all([waitOnline(alice, RECONNECT_MS), waitOnline(bob, RECONNECT_MS)]);
+  for (const page of [alice, bob]) await waitNotice(page, 'gap', GAP); // a new server, a new epoch
   await waitMembers(alice, ['alice', 'bob']);
   await waitMembers(bob, ['alice', 'bob']);
   await sendMessage(alice, 'Still there after the restart?');
   await waitMessage(bob, 'Still there after the restart?');
+  await waitState(alice, 'Still there after the restart?', 'sent');
   await sendMessage(bob, 'Yes, back online.');
   await waitMessage(alice, 'Yes, back online.');
 });
