@@ -20,6 +20,16 @@ pub struct Config {
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub history: usize,
 
+    /// Seconds a room's history, sequence and epoch are kept after its last member leaves, so that
+    /// members can resume it after a reconnect. 0 drops them with the last member.
+    #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_seconds_or_zero)]
+    pub history_ttl: Duration,
+
+    /// Most bytes of history kept across all rooms; past it, the rooms empty longest are dropped
+    /// first, then the largest histories are shortened.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    pub history_memory: usize,
+
     /// Largest message (and frame) a client may send; larger ones close the connection with 1009.
     #[arg(long, default_value_t = 64 * 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_message_bytes: u32,
@@ -31,6 +41,13 @@ pub struct Config {
     /// Most bytes queued for one client that is not reading; past it, the client is disconnected.
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..))]
     pub max_send_buffer: u32,
+
+    /// The kernel's send buffer for each client socket (SO_SNDBUF; Linux reserves twice this for
+    /// its bookkeeping): what a client that stops reading can hold in kernel memory, on top of
+    /// `--max-send-buffer` in the server's. 0 leaves it to the kernel's autotuning (up to 4 MiB a
+    /// socket with Linux's defaults).
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub socket_send_buffer: usize,
 
     /// Frames per second each client may send (a token bucket holding two seconds' worth);
     /// frames over it are dropped and answered with a `rate_limited` error. 0 turns it off.
@@ -115,6 +132,14 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 /// The longest timeout or interval accepted.
 const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
+/// Parses a number of seconds that may also be 0.
+fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds == 0.0 => Ok(Duration::ZERO),
+        _ => parse_seconds(text),
+    }
+}
+
 /// Parses a positive number of seconds, fractions allowed (`0.5`, `30`).
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
@@ -140,6 +165,9 @@ mod tests {
         for bad in ["0", "-1", "abc", "NaN", "inf", "1e18"] {
             assert!(parse_seconds(bad).is_err(), "{bad} should be refused");
         }
+        assert_eq!(parse_seconds_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_seconds_or_zero("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_seconds_or_zero("-1").is_err());
     }
 
     #[test]
@@ -152,6 +180,9 @@ mod tests {
         assert_eq!(config.handshake_timeout, Duration::from_secs(10));
         assert_eq!(config.close_timeout, Duration::from_secs(5));
         assert_eq!(config.max_write_delay_ms, 10);
+        assert_eq!(config.history_ttl, Duration::from_secs(300));
+        assert_eq!(config.history_memory, 64 << 20);
+        assert_eq!(config.socket_send_buffer, 64 << 10);
         assert_eq!(config.log_level, LevelFilter::Info);
     }
 }

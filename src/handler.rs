@@ -29,6 +29,16 @@ pub trait Outbox {
     /// Wall-clock time of this loop iteration, in Unix milliseconds. Handlers never read the
     /// clock themselves, so they stay deterministic under test.
     fn unix_time_ms(&self) -> u64;
+
+    /// The largest frame a connection's output queue can hold when it is empty
+    /// (`--max-send-buffer`, less the queue's bookkeeping). A frame larger than this could never
+    /// be sent to anyone: every recipient would be dropped as a slow reader.
+    fn max_frame_bytes(&self) -> usize;
+
+    /// Asks for one `Handler::on_timer` call at `unix_ms` (or soon after: the timer wheel's tick
+    /// is 10 ms), replacing any earlier request. The deadline lives on the reactor's timer wheel,
+    /// like every other.
+    fn wake_at(&mut self, unix_ms: u64);
 }
 
 /// An application on the reactor. Every call happens on the reactor's one thread.
@@ -45,6 +55,9 @@ pub trait Handler {
     /// Called exactly once for every connection that got `on_open`; the token may be reused by a
     /// new connection afterwards.
     fn on_close<O: Outbox>(&mut self, connection: Token, out: &mut O);
+
+    /// The time asked for with `Outbox::wake_at` has come.
+    fn on_timer<O: Outbox>(&mut self, _out: &mut O) {}
 
     /// A plain HTTP `GET` (not an upgrade) arrived. Return a whole response (see
     /// [`crate::http::response`]) to answer it, or `None` to let the reactor answer: `200 ok` at

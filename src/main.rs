@@ -17,12 +17,12 @@ fn main() -> ExitCode {
         eprintln!("cannot set up logging: {error}");
     }
     raise_descriptor_limit();
-    if let Err(problem) = check_buffers(&config) {
-        error!("{problem}");
-        return ExitCode::from(2);
-    }
+    warn_about_buffers(&config);
     // Half the send buffer for history leaves the other half for the member list in a welcome.
-    let mut chat = Chat::new(config.history).with_history_bytes(config.max_send_buffer as usize / 2);
+    let mut chat = Chat::new(config.history)
+        .with_history_bytes(config.max_send_buffer as usize / 2)
+        .with_history_ttl(config.history_ttl)
+        .with_history_memory(config.history_memory);
     if config.rate_limit > 0.0 {
         chat = chat.with_rate_limit(RateLimit { per_second: config.rate_limit });
     }
@@ -37,17 +37,18 @@ fn main() -> ExitCode {
 }
 
 /// A chat message's text can grow six-fold as JSON (a control character becomes `\u0001`), and a
-/// message must fit in a recipient's send buffer, or every recipient would be dropped as slow.
-fn check_buffers(config: &Config) -> Result<(), String> {
+/// message's event must fit in a recipient's send buffer. One that does not is refused with a
+/// `too_large` error to its sender, so any combination works; say so when it can happen.
+fn warn_about_buffers(config: &Config) {
     let largest_event = 6 * u64::from(config.max_message_bytes) + 1024;
     if u64::from(config.max_send_buffer) < largest_event {
-        return Err(format!(
-            "--max-send-buffer ({}) must be at least 6 × --max-message-bytes + 1024 ({largest_event}): \
-             a message's text can grow six-fold when escaped as JSON",
-            config.max_send_buffer
-        ));
+        warn!(
+            "--max-send-buffer {} holds less than the largest possible message event ({largest_event} bytes: \
+             6 × --max-message-bytes {}, as JSON escaping can grow a text six-fold, plus 1 KiB): \
+             a message whose event would not fit is refused with a `too_large` error to its sender",
+            config.max_send_buffer, config.max_message_bytes
+        );
     }
-    Ok(())
 }
 
 /// Every connection is a file descriptor, and the soft limit is often 1024: raise it to the hard

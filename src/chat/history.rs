@@ -1,7 +1,11 @@
-//! A room's history: its latest messages, bounded by count (`--history`) and by size, so the
-//! `welcome` or `room` event that carries it always fits in a newcomer's send buffer.
+//! A room's history: its latest `message` events, each kept as the very frame its members
+//! received, bounded by count (`--history`) and by size, so that the `welcome` or `room` event that
+//! carries it always fits in a newcomer's send buffer. It also knows from which seq on it holds
+//! every message, which is what a client resuming after a reconnect needs to know.
 
 use std::collections::VecDeque;
+
+use crate::frame::Frame;
 
 /// How much history a room keeps.
 #[derive(Debug, Clone, Copy)]
@@ -15,46 +19,84 @@ pub struct HistoryLimit {
 }
 
 /// A message kept in a room's history.
-pub struct Line {
-    pub from_id: u64,
-    pub from_name: String,
-    pub text: String,
-    pub ts: u64,
-    /// The size of the line's `message` event as JSON: what it adds to a welcome.
-    pub size: usize,
+struct Entry {
+    seq: u64,
+    /// The `message` event as the room's members received it; its payload is what a welcome
+    /// lists. Shared with the recipients' queues, not copied.
+    event: Frame,
 }
 
-/// The kept lines, oldest first, and their total size.
-#[derive(Default)]
+impl Entry {
+    fn size(&self) -> usize {
+        self.event.payload().len()
+    }
+}
+
+/// The kept messages, oldest first, and their total size.
 pub struct History {
-    lines: VecDeque<Line>,
+    entries: VecDeque<Entry>,
     bytes: usize,
+    /// The lowest seq from which on every message is kept: a client that has seen everything
+    /// before it can be given exactly what it missed. Moves up as old messages are forgotten,
+    /// and past any message too large to be kept at all.
+    complete_from: u64,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History { entries: VecDeque::new(), bytes: 0, complete_from: 1 }
+    }
 }
 
 impl History {
-    /// Whether a line of `size` bytes would be kept at all: not when history is off, nor when the
-    /// line alone is over the byte budget. Callers skip building (and copying) such lines.
-    pub fn would_keep(size: usize, limit: HistoryLimit) -> bool {
-        limit.messages > 0 && size <= limit.bytes
-    }
-
-    /// Keeps `line`, then forgets the oldest lines until the history is within `limit`. A line
-    /// that `would_keep` refuses is not kept at all.
-    pub fn push(&mut self, line: Line, limit: HistoryLimit) {
-        if !History::would_keep(line.size, limit) {
+    /// Keeps message `seq` (the next in the room's sequence), then forgets the oldest messages
+    /// until the history is within `limit`. A message over the whole byte budget is not kept.
+    pub fn push(&mut self, seq: u64, event: Frame, limit: HistoryLimit) {
+        let entry = Entry { seq, event };
+        if limit.messages == 0 || entry.size() > limit.bytes {
+            self.complete_from = seq + 1;
             return;
         }
-        self.bytes += line.size;
-        self.lines.push_back(line);
-        while self.lines.len() > limit.messages || self.bytes > limit.bytes {
-            let Some(oldest) = self.lines.pop_front() else { break };
-            self.bytes -= oldest.size;
+        self.bytes += entry.size();
+        self.entries.push_back(entry);
+        while self.entries.len() > limit.messages || self.bytes > limit.bytes {
+            self.forget_oldest();
         }
     }
 
-    /// The kept lines, oldest first.
-    pub fn lines(&self) -> impl Iterator<Item = &Line> {
-        self.lines.iter()
+    /// Forgets the oldest messages until at most `bytes` are kept.
+    pub fn trim_to(&mut self, bytes: usize) {
+        while self.bytes > bytes {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some(oldest) = self.entries.pop_front() {
+            self.bytes -= oldest.size();
+            self.complete_from = self.complete_from.max(oldest.seq + 1);
+        }
+    }
+
+    /// Bytes of JSON kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The kept `message` events, oldest first, as JSON text.
+    pub fn latest(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().filter_map(|entry| entry.event.as_text())
+    }
+
+    /// Every message after `since`, oldest first, if the history still holds all of them;
+    /// `latest` is the room's latest seq. `None` when some are forgotten, or when `since` is
+    /// ahead of the room (a client from another sequence).
+    pub fn after(&self, since: u64, latest: u64) -> Option<impl Iterator<Item = &str>> {
+        if since > latest || since.saturating_add(1) < self.complete_from {
+            return None;
+        }
+        let missed = self.entries.iter().skip_while(move |entry| entry.seq <= since);
+        Some(missed.filter_map(|entry| entry.event.as_text()))
     }
 }
 
@@ -62,45 +104,81 @@ impl History {
 mod tests {
     use super::*;
 
-    fn line(text: &str, size: usize) -> Line {
-        Line { from_id: 1, from_name: "a".to_owned(), text: text.to_owned(), ts: 0, size }
+    /// A history entry whose event JSON is `size` bytes.
+    fn event(size: usize) -> Frame {
+        Frame::text(&"x".repeat(size))
     }
 
-    fn texts(history: &History) -> Vec<&str> {
-        history.lines().map(|line| line.text.as_str()).collect()
-    }
-
-    #[test]
-    fn the_oldest_lines_go_first_when_the_count_is_reached() {
-        let (mut history, limit) = (History::default(), HistoryLimit { messages: 2, bytes: 1000 });
-        for text in ["one", "two", "three"] {
-            history.push(line(text, 10), limit);
+    fn push_sizes(history: &mut History, sizes: &[usize], limit: HistoryLimit) {
+        for &size in sizes {
+            let seq = history.entries.back().map_or(history.complete_from, |entry| entry.seq + 1);
+            history.push(seq, event(size), limit);
         }
-        assert_eq!(texts(&history), ["two", "three"]);
+    }
+
+    fn seqs(history: &History) -> Vec<u64> {
+        history.entries.iter().map(|entry| entry.seq).collect()
     }
 
     #[test]
-    fn the_oldest_lines_go_first_when_the_bytes_are_reached() {
+    fn the_oldest_messages_go_first_when_the_count_is_reached() {
+        let (mut history, limit) = (History::default(), HistoryLimit { messages: 2, bytes: 1000 });
+        push_sizes(&mut history, &[10, 10, 10], limit);
+        assert_eq!(seqs(&history), [2, 3]);
+        assert_eq!(history.complete_from, 2);
+    }
+
+    #[test]
+    fn the_oldest_messages_go_first_when_the_bytes_are_reached() {
         let (mut history, limit) = (History::default(), HistoryLimit { messages: 50, bytes: 100 });
-        history.push(line("small", 30), limit);
-        history.push(line("medium", 40), limit);
-        history.push(line("large", 60), limit);
-        assert_eq!(texts(&history), ["medium", "large"]);
-        assert_eq!(history.bytes, 100);
+        push_sizes(&mut history, &[30, 40, 60], limit);
+        assert_eq!(seqs(&history), [2, 3]);
+        assert_eq!(history.bytes(), 100);
     }
 
     #[test]
-    fn a_line_over_the_whole_budget_is_not_kept() {
+    fn a_message_over_the_whole_budget_is_not_kept_and_breaks_the_run() {
         let (mut history, limit) = (History::default(), HistoryLimit { messages: 50, bytes: 100 });
-        history.push(line("kept", 10), limit);
-        history.push(line("huge", 101), limit);
-        assert_eq!(texts(&history), ["kept"]);
+        history.push(1, event(10), limit);
+        history.push(2, event(101), limit);
+        history.push(3, event(10), limit);
+        assert_eq!(seqs(&history), [1, 3]);
+        // Message 2 is lost, so only a client that saw it can be given exactly what it missed.
+        assert!(history.after(0, 3).is_none());
+        assert!(history.after(1, 3).is_none());
+        assert_eq!(history.after(2, 3).map(|missed| missed.count()), Some(1));
     }
 
     #[test]
-    fn a_zero_count_keeps_nothing() {
-        let mut history = History::default();
-        history.push(line("gone", 1), HistoryLimit { messages: 0, bytes: 100 });
-        assert_eq!(history.lines().count(), 0);
+    fn after_gives_exactly_the_missed_messages_or_nothing() {
+        let (mut history, limit) = (History::default(), HistoryLimit { messages: 3, bytes: 1000 });
+        push_sizes(&mut history, &[1, 2, 3, 4, 5], limit);
+        assert_eq!(seqs(&history), [3, 4, 5]);
+        let sizes = |since| history.after(since, 5).map(|missed| missed.map(str::len).collect::<Vec<_>>());
+        assert_eq!(sizes(2), Some(vec![3, 4, 5]));
+        assert_eq!(sizes(4), Some(vec![5]));
+        assert_eq!(sizes(5), Some(vec![]));
+        assert_eq!(sizes(1), None, "message 2 is forgotten");
+        assert_eq!(sizes(6), None, "ahead of the room");
+        assert_eq!(sizes(u64::MAX), None);
+    }
+
+    #[test]
+    fn with_no_history_only_a_client_that_missed_nothing_is_recovered() {
+        let (mut history, limit) = (History::default(), HistoryLimit { messages: 0, bytes: 100 });
+        assert_eq!(history.after(0, 0).map(|missed| missed.count()), Some(0));
+        history.push(1, event(1), limit);
+        assert!(history.after(0, 1).is_none());
+        assert_eq!(history.after(1, 1).map(|missed| missed.count()), Some(0));
+    }
+
+    #[test]
+    fn trimming_frees_the_oldest_and_moves_the_complete_run() {
+        let (mut history, limit) = (History::default(), HistoryLimit { messages: 50, bytes: 1000 });
+        push_sizes(&mut history, &[10, 20, 30], limit);
+        history.trim_to(35);
+        assert_eq!(seqs(&history), [3]);
+        assert!(history.after(1, 3).is_none());
+        assert!(history.after(2, 3).is_some());
     }
 }

@@ -1,46 +1,57 @@
-//! The chat's rules as a pure state machine: members, unique names, rooms, history and who hears
-//! what. No sockets and no clocks: the reactor feeds it events through the [`Handler`] trait and
-//! it answers through an [`Outbox`], so everything here is unit-tested without a network.
+//! The chat's rules as a pure state machine: members, unique names, rooms and their sequences,
+//! history and resuming, direct messages, and who hears what. No sockets and no clocks: the
+//! reactor feeds it events through the [`Handler`] trait and it answers through an [`Outbox`], so
+//! everything here is unit-tested without a network.
 
 mod history;
+mod names;
 pub mod protocol;
 mod rate;
+mod rooms;
 mod web;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use mio::Token;
+use serde_json::value::RawValue;
 
 use crate::handler::{CloseCode, Frame, Handler, Message, Outbox, RequestHead, Stats};
-use history::{History, HistoryLimit, Line};
-use protocol::{ErrorCode, Event, MessageView, Rejection, Request, UserView, parse_request};
+use history::HistoryLimit;
+pub use names::{MAX_NAME_CHARS, MAX_ROOM_CHARS};
+use names::{check_name_shape, check_room, guest_name};
+use protocol::{
+    ErrorCode, Event, MessageView, Parsed, Rejection, Request, Resume, RoomView, UpgradeQuery, UserView,
+    parse_request,
+};
 pub use rate::RateLimit;
 use rate::TokenBucket;
+use rooms::{Retention, Rooms};
 
 /// The room everyone starts in unless the upgrade URL asks for another.
 pub const DEFAULT_ROOM: &str = "lobby";
-/// Longest nickname, in characters.
-pub const MAX_NAME_CHARS: usize = 32;
-/// Longest room name, in characters.
-pub const MAX_ROOM_CHARS: usize = 64;
 /// The most bytes of history a room keeps unless told otherwise: a welcome carrying it fits in
 /// the default 1 MiB send buffer with room to spare for the member list.
 pub const DEFAULT_HISTORY_BYTES: usize = 256 * 1024;
+/// How long a room is kept after its last member leaves unless told otherwise (`--history-ttl`).
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
+/// The most history kept across rooms unless told otherwise (`--history-memory`).
+pub const DEFAULT_HISTORY_MEMORY: usize = 64 * 1024 * 1024;
 
 /// The whole chat: every member and every room.
 pub struct Chat {
-    /// How much history each room keeps for newcomers.
-    history_limit: HistoryLimit,
     /// How fast a member may send frames, if limited.
     rate_limit: Option<RateLimit>,
     /// Members by connection.
     members: HashMap<Token, Member>,
-    /// Every name in use, server-wide, so a nickname is unique.
+    /// Every name in use, server-wide, so a nickname is unique and a DM finds its recipient.
     names: HashMap<String, Token>,
-    /// Rooms by name. A room exists while it has members; its history goes with it.
-    rooms: HashMap<String, Room>,
+    /// Rooms by name, with those kept for a while after their last member left.
+    rooms: Rooms,
     /// The id the next member gets. Ids are never reused, unlike connection tokens.
     next_id: u64,
+    /// When the reactor was last asked to wake the chat (to drop expired rooms), in Unix ms.
+    wake_at: Option<u64>,
 }
 
 /// One connected person.
@@ -52,44 +63,51 @@ struct Member {
     allowance: Option<TokenBucket>,
 }
 
-/// One room.
-#[derive(Default)]
-struct Room {
-    /// Members by id; ids grow with arrival, so iteration lists them in order of arrival.
-    members: BTreeMap<u64, Token>,
-    /// The latest messages, within `history_limit`.
-    history: History,
-}
-
-impl Room {
-    /// Sends one event to every member but `except`. The event was serialized and framed once;
-    /// each recipient's queue gets a handle to the same bytes.
-    fn broadcast<O: Outbox>(&self, except: Option<u64>, frame: &Frame, out: &mut O) {
-        for (&id, &recipient) in &self.members {
-            if Some(id) != except {
-                out.send(recipient, frame);
-            }
-        }
-    }
-}
-
 impl Chat {
-    /// A chat whose rooms keep their latest `history` messages (within `DEFAULT_HISTORY_BYTES`).
+    /// A chat whose rooms keep their latest `history` messages (within `DEFAULT_HISTORY_BYTES`),
+    /// for `DEFAULT_HISTORY_TTL` after their last member leaves, within `DEFAULT_HISTORY_MEMORY`.
     pub fn new(history: usize) -> Self {
+        let retention = Retention {
+            history: HistoryLimit { messages: history, bytes: DEFAULT_HISTORY_BYTES },
+            ttl_ms: DEFAULT_HISTORY_TTL.as_millis() as u64,
+            memory: DEFAULT_HISTORY_MEMORY,
+        };
         Chat {
-            history_limit: HistoryLimit { messages: history, bytes: DEFAULT_HISTORY_BYTES },
             rate_limit: None,
             members: HashMap::new(),
             names: HashMap::new(),
-            rooms: HashMap::new(),
+            // Epochs must differ from one run of the server to the next: seeded at random.
+            rooms: Rooms::new(retention, fastrand::u64(..)),
             next_id: 1,
+            wake_at: None,
         }
     }
 
     /// Caps each room's history at `bytes` of JSON. Keep it well under the clients' send buffer:
     /// a welcome carries the whole history and the member list in one frame.
     pub fn with_history_bytes(mut self, bytes: usize) -> Self {
-        self.history_limit.bytes = bytes;
+        self.update_retention(|retention| retention.history.bytes = bytes);
+        self
+    }
+
+    /// Keeps a room (members gone, history, sequence) for `ttl` after its last member leaves;
+    /// zero drops it at once.
+    pub fn with_history_ttl(mut self, ttl: Duration) -> Self {
+        self.update_retention(|retention| {
+            retention.ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+        });
+        self
+    }
+
+    /// Caps all history across rooms at `bytes`.
+    pub fn with_history_memory(mut self, bytes: usize) -> Self {
+        self.update_retention(|retention| retention.memory = bytes);
+        self
+    }
+
+    /// Draws room epochs from `seed`, so tests can predict them.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rooms = Rooms::new(self.rooms.retention(), seed);
         self
     }
 
@@ -100,6 +118,12 @@ impl Chat {
         self
     }
 
+    fn update_retention(&mut self, change: impl FnOnce(&mut Retention)) {
+        let mut retention = self.rooms.retention();
+        change(&mut retention);
+        self.rooms.set_retention(retention);
+    }
+
     /// Open connections, as the chat counts them.
     pub fn member_count(&self) -> usize {
         self.members.len()
@@ -107,7 +131,17 @@ impl Chat {
 
     /// Rooms that currently have members.
     pub fn room_count(&self) -> usize {
-        self.rooms.len()
+        self.rooms.occupied()
+    }
+
+    /// Rooms kept without members, for someone to resume them.
+    pub fn rooms_kept_empty(&self) -> usize {
+        self.rooms.kept_empty()
+    }
+
+    /// Bytes of history kept across all rooms.
+    pub fn history_bytes(&self) -> usize {
+        self.rooms.history_bytes()
     }
 
     /// A new member arrives, with the name and room its upgrade URL asked for.
@@ -115,9 +149,9 @@ impl Chat {
         let id = self.next_id;
         self.next_id += 1;
         let mut problems = Vec::new();
-        let (wanted_name, wanted_room) = query_name_and_room(target);
+        let query = UpgradeQuery::parse(target);
 
-        let name = match wanted_name.map(|name| self.check_name(&name, None).map(|()| name)) {
+        let name = match query.name.map(|name| self.check_name(&name, None).map(|()| name)) {
             Some(Ok(name)) => name,
             Some(Err(rejection)) => {
                 problems.push(rejection);
@@ -125,7 +159,7 @@ impl Chat {
             }
             None => guest_name(id),
         };
-        let room = match wanted_room.map(|room| check_room(&room).map(|()| room)) {
+        let room = match query.room.map(|room| check_room(&room).map(|()| room)) {
             Some(Ok(room)) => room,
             Some(Err(rejection)) => {
                 problems.push(rejection);
@@ -138,16 +172,14 @@ impl Chat {
         let allowance = self.rate_limit.map(|limit| TokenBucket::full(limit, out.unix_time_ms()));
         self.members.insert(token, Member { id, name, room: room.clone(), allowance });
         self.enter_room(token, &room, out);
-        let welcome = self.room_snapshot(token, |member, users, history| Event::Welcome {
+        let welcome = self.room_snapshot(token, query.resume.as_ref(), |member, room| Event::Welcome {
             id: member.id,
             name: &member.name,
-            room: &member.room,
-            users,
-            history,
+            room,
         });
         out.send(token, &welcome);
         for problem in problems {
-            reject(out, token, &problem);
+            reject(out, token, &problem, None);
         }
     }
 
@@ -159,16 +191,17 @@ impl Chat {
         }
     }
 
-    fn handle<O: Outbox>(&mut self, token: Token, request: Request<'_>, out: &mut O) {
+    fn handle<O: Outbox>(&mut self, token: Token, id: Option<&str>, request: Request<'_>, out: &mut O) {
         match request {
-            Request::Message { text } => self.say(token, &text, out),
+            Request::Message { text } => self.say(token, id, &text, out),
+            Request::Dm { to, text } => self.direct(token, id, &to, &text, out),
             Request::Nick { name } => match self.check_name(&name, Some(token)) {
                 Ok(()) => self.rename(token, name.into_owned(), out),
-                Err(rejection) => reject(out, token, &rejection),
+                Err(rejection) => reject(out, token, &rejection, id),
             },
-            Request::Join { room } => match check_room(&room) {
-                Ok(()) => self.switch_room(token, room.into_owned(), out),
-                Err(rejection) => reject(out, token, &rejection),
+            Request::Join { room, resume } => match check_room(&room) {
+                Ok(()) => self.switch_room(token, room.into_owned(), resume.as_ref(), out),
+                Err(rejection) => reject(out, token, &rejection, id),
             },
             Request::Who => {
                 let Some(member) = self.members.get(&token) else { return };
@@ -179,25 +212,49 @@ impl Chat {
         }
     }
 
-    /// A chat message: kept in the room's history and sent to every other member of the room.
-    fn say<O: Outbox>(&mut self, token: Token, text: &str, out: &mut O) {
+    /// A chat message: given the room's next seq, sent to every other member of the room, kept
+    /// in the room's history, and acknowledged to the sender if it carried an id.
+    fn say<O: Outbox>(&mut self, token: Token, id: Option<&str>, text: &str, out: &mut O) {
         let Some(member) = self.members.get(&token) else { return };
         let Some(room) = self.rooms.get_mut(&member.room) else { return };
+        let (seq, ts) = (room.seq + 1, out.unix_time_ms());
+        let from = UserView { id: member.id, name: &member.name };
+        let event = Event::Message(MessageView { room: &member.room, seq, from, text, ts }).to_frame();
+        if let Err(rejection) = fits(&event, out) {
+            return reject(out, token, &rejection, id);
+        }
+        room.seq = seq;
+        room.broadcast(Some(member.id), &event, out);
+        if let Some(id) = id {
+            out.send(token, &Event::Ack { id, seq: Some(seq), ts }.to_frame());
+        }
+        self.rooms.remember(&member.room, seq, event);
+    }
+
+    /// A direct message: to the member named `to`, wherever they are; never kept.
+    fn direct<O: Outbox>(&mut self, token: Token, id: Option<&str>, to: &str, text: &str, out: &mut O) {
+        let Some(sender) = self.members.get(&token) else { return };
+        let Some(recipient) =
+            self.names.get(to).and_then(|token| self.members.get(token).map(|member| (token, member)))
+        else {
+            let rejection = Rejection::new(ErrorCode::NoSuchUser, format!("nobody is called `{to}`"));
+            return reject(out, token, &rejection, id);
+        };
+        let (recipient_token, recipient) = recipient;
         let ts = out.unix_time_ms();
-        let view = MessageView {
-            room: &member.room,
-            from: UserView { id: member.id, name: &member.name },
+        let event = Event::Dm {
+            from: UserView { id: sender.id, name: &sender.name },
+            to: UserView { id: recipient.id, name: &recipient.name },
             text,
             ts,
-        };
-        let frame = Event::Message(view).to_frame();
-        let size = frame.payload().len();
-        room.broadcast(Some(member.id), &frame, out);
-        // Copy the line only if the history will keep it (with `--history 0` it never does).
-        if History::would_keep(size, self.history_limit) {
-            let line =
-                Line { from_id: member.id, from_name: member.name.clone(), text: text.to_owned(), ts, size };
-            room.history.push(line, self.history_limit);
+        }
+        .to_frame();
+        if let Err(rejection) = fits(&event, out) {
+            return reject(out, token, &rejection, id);
+        }
+        out.send(*recipient_token, &event);
+        if let Some(id) = id {
+            out.send(token, &Event::Ack { id, seq: None, ts }.to_frame());
         }
     }
 
@@ -212,7 +269,7 @@ impl Chat {
         }
     }
 
-    fn switch_room<O: Outbox>(&mut self, token: Token, room: String, out: &mut O) {
+    fn switch_room<O: Outbox>(&mut self, token: Token, room: String, resume: Option<&Resume>, out: &mut O) {
         let Some(member) = self.members.get_mut(&token) else { return };
         if member.room != room {
             let old = std::mem::replace(&mut member.room, room.clone());
@@ -220,18 +277,15 @@ impl Chat {
             self.leave_room(&old, UserView { id, name: &name }, out);
             self.enter_room(token, &room, out);
         }
-        let snapshot = self.room_snapshot(token, |member, users, history| Event::Room {
-            room: &member.room,
-            users,
-            history,
-        });
+        let snapshot = self.room_snapshot(token, resume, |_, room| Event::Room(room));
         out.send(token, &snapshot);
     }
 
-    /// Adds the member to `room` (creating it) and tells the members already there.
+    /// Adds the member to `room` (creating it, or taking it back from the rooms kept empty) and
+    /// tells the members already there.
     fn enter_room<O: Outbox>(&mut self, token: Token, room: &str, out: &mut O) {
         let Some(member) = self.members.get(&token) else { return };
-        let room = self.rooms.entry(room.to_owned()).or_default();
+        let room = self.rooms.enter(room);
         if !room.members.is_empty() {
             let joined =
                 Event::Joined { room: &member.room, user: UserView { id: member.id, name: &member.name } };
@@ -240,37 +294,61 @@ impl Chat {
         room.members.insert(member.id, token);
     }
 
-    /// Removes the member from its room, tells those who stay, and drops the room once empty.
+    /// Removes the member from its room and tells those who stay. A room left empty is kept for
+    /// `--history-ttl`, so the chat asks to be woken when it is due to go.
     fn leave_room<O: Outbox>(&mut self, room_name: &str, user: UserView<'_>, out: &mut O) {
         let Some(room) = self.rooms.get_mut(room_name) else { return };
         room.members.remove(&user.id);
         if room.members.is_empty() {
-            self.rooms.remove(room_name);
-            return;
+            self.rooms.emptied(room_name, out.unix_time_ms());
+            return self.schedule_expiry(out);
         }
         room.broadcast(None, &Event::Left { room: room_name, user }.to_frame(), out);
     }
 
-    /// Builds a `welcome` or `room` event: the member's room, its users and its history.
+    /// Asks the reactor to wake the chat when the next kept room expires, unless it already will
+    /// by then. (A wake-up that finds nothing due, because the room was taken back, is harmless.)
+    fn schedule_expiry<O: Outbox>(&mut self, out: &mut O) {
+        let Some(next) = self.rooms.next_expiry() else { return };
+        if self.wake_at.is_none_or(|at| next < at) {
+            self.wake_at = Some(next);
+            out.wake_at(next);
+        }
+    }
+
+    /// Builds a `welcome` or `room` event: the member's room, its sequence, its users and its
+    /// history: what the member missed if it asked to resume and that can be vouched for, the
+    /// room's latest messages otherwise.
     fn room_snapshot(
         &self,
         token: Token,
-        build: impl for<'a> FnOnce(&'a Member, Vec<UserView<'a>>, Vec<MessageView<'a>>) -> Event<'a>,
+        resume: Option<&Resume>,
+        build: impl for<'a> FnOnce(&'a Member, RoomView<'a>) -> Event<'a>,
     ) -> Frame {
-        // Invariant: callers pass a token they have just inserted or looked up in `members`.
+        // Invariant: callers pass a token they have just inserted or looked up in `members`, and
+        // `enter_room` has just created or found its room.
         let member = &self.members[&token];
-        let history = self.rooms.get(&member.room).map(|room| {
-            room.history
-                .lines()
-                .map(|line| MessageView {
-                    room: &member.room,
-                    from: UserView { id: line.from_id, name: &line.from_name },
-                    text: &line.text,
-                    ts: line.ts,
-                })
-                .collect()
+        let room = self.rooms.get(&member.room).expect("a member's room exists");
+        let missed = resume.and_then(|resume| {
+            let epoch_matches = resume.epoch.as_deref() == Some(room.epoch.as_str());
+            let since = resume.since.filter(|_| epoch_matches)?;
+            room.history.after(since, room.seq).map(Iterator::collect::<Vec<_>>)
         });
-        build(member, self.users_of(&member.room), history.unwrap_or_default()).to_frame()
+        let recovered = resume.map(|_| missed.is_some());
+        let history = missed.unwrap_or_else(|| room.history.latest().collect());
+        let view = RoomView {
+            room: &member.room,
+            epoch: &room.epoch,
+            seq: room.seq,
+            users: self.users_of(&member.room),
+            // Invariant: history holds `message` events this chat serialized, which are JSON.
+            history: history
+                .into_iter()
+                .filter_map(|event| serde_json::from_str::<&RawValue>(event).ok())
+                .collect(),
+            recovered,
+        };
+        build(member, view).to_frame()
     }
 
     fn users_of(&self, room: &str) -> Vec<UserView<'_>> {
@@ -293,13 +371,7 @@ impl Chat {
 
     /// Checks a wanted nickname: its shape, and that nobody else (`except` the asker) has it.
     fn check_name(&self, name: &str, except: Option<Token>) -> Result<(), Rejection> {
-        check_label(name, MAX_NAME_CHARS, ErrorCode::InvalidName, "a name")?;
-        if is_guest_name(name) {
-            return Err(Rejection::new(
-                ErrorCode::InvalidName,
-                "names like guest-7 are kept for the server to give out",
-            ));
-        }
+        check_name_shape(name)?;
         match self.names.get(name) {
             Some(&holder) if Some(holder) != except => {
                 Err(Rejection::new(ErrorCode::NameTaken, format!("the name `{name}` is taken")))
@@ -319,13 +391,15 @@ impl Handler for Chat {
             out.close(connection, CloseCode::Unsupported, "binary frames are not supported");
             return;
         };
+        // Parsed before the rate check, so that even a `rate_limited` error echoes the id.
+        let Parsed { id, request } = parse_request(&text);
         if !self.within_rate_limit(connection, out.unix_time_ms()) {
             let rejection = Rejection::new(ErrorCode::RateLimited, "too many messages; this one was dropped");
-            return reject(out, connection, &rejection);
+            return reject(out, connection, &rejection, id.as_deref());
         }
-        match parse_request(&text) {
-            Ok(request) => self.handle(connection, request, out),
-            Err(rejection) => reject(out, connection, &rejection),
+        match request {
+            Ok(request) => self.handle(connection, id.as_deref(), request, out),
+            Err(rejection) => reject(out, connection, &rejection, id.as_deref()),
         }
     }
 
@@ -333,58 +407,44 @@ impl Handler for Chat {
         self.leave_server(connection, out);
     }
 
+    /// The wake-up the chat asked for: rooms kept empty past their TTL go.
+    fn on_timer<O: Outbox>(&mut self, out: &mut O) {
+        self.wake_at = None;
+        if let Some(next) = self.rooms.expire(out.unix_time_ms()) {
+            self.wake_at = Some(next);
+            out.wake_at(next);
+        }
+    }
+
     fn respond(&mut self, request: &RequestHead, stats: &Stats) -> Option<Vec<u8>> {
         web::respond(self, request, stats)
     }
 }
 
-fn reject<O: Outbox>(out: &mut O, to: Token, rejection: &Rejection) {
-    let event = Event::Error { code: rejection.code, message: &rejection.message };
+/// An event fits if a recipient's send buffer can hold it when empty. One that could not would
+/// get every recipient dropped as a slow reader; its sender is told `too_large` instead.
+fn fits<O: Outbox>(event: &Frame, out: &O) -> Result<(), Rejection> {
+    let limit = out.max_frame_bytes();
+    if event.wire().len() <= limit {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        ErrorCode::TooLarge,
+        format!(
+            "this message would take {} bytes as an event, more than a client's send buffer holds ({limit}); \
+             it was not sent",
+            event.wire().len()
+        ),
+    ))
+}
+
+/// Sends `rejection` as an `error` event, echoing the id of the request it answers.
+fn reject<O: Outbox>(out: &mut O, to: Token, rejection: &Rejection, id: Option<&str>) {
+    let event = Event::Error { code: rejection.code, message: &rejection.message, id };
     out.send(to, &event.to_frame());
 }
 
-fn check_room(room: &str) -> Result<(), Rejection> {
-    check_label(room, MAX_ROOM_CHARS, ErrorCode::InvalidRoom, "a room name")
-}
-
-/// The shape names and rooms share: 1 to `max_chars` characters, not blank, no control
-/// characters. `what` names the thing in the error message.
-fn check_label(text: &str, max_chars: usize, code: ErrorCode, what: &str) -> Result<(), Rejection> {
-    let length = text.chars().count();
-    if length == 0 || length > max_chars || text.trim().is_empty() {
-        return Err(Rejection::new(code, format!("{what} has 1 to {max_chars} characters and is not blank")));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(Rejection::new(code, format!("{what} has no control characters")));
-    }
-    Ok(())
-}
-
-fn guest_name(id: u64) -> String {
-    format!("guest-{id}")
-}
-
-/// `guest-` followed by digits: the server's default names, which nobody may pick, so that a
-/// default name is always free.
-fn is_guest_name(name: &str) -> bool {
-    name.strip_prefix("guest-")
-        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit()))
-}
-
-/// The `name` and `room` query parameters of an upgrade request-target, percent-decoded (`+` is a
-/// space; the last of a repeated parameter wins).
-pub fn query_name_and_room(target: &str) -> (Option<String>, Option<String>) {
-    let query = target.split_once('?').map_or("", |(_, query)| query);
-    let (mut name, mut room) = (None, None);
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        match &*key {
-            "name" => name = Some(value.into_owned()),
-            "room" => room = Some(value.into_owned()),
-            _ => {}
-        }
-    }
-    (name, room)
-}
-
+#[cfg(test)]
+mod sequence_tests;
 #[cfg(test)]
 mod tests;

@@ -4,11 +4,31 @@ use serde_json::{Value, json};
 
 use super::*;
 
+/// The clock the recorder starts at, in Unix milliseconds.
+pub const START_MS: u64 = 1_764_100_000_000;
+
 /// Records what the chat sends, per connection, as parsed JSON.
-#[derive(Default)]
-struct Recorder {
-    sent: Vec<(Token, Value)>,
-    closed: Vec<(Token, CloseCode)>,
+pub struct Recorder {
+    pub sent: Vec<(Token, Value)>,
+    pub closed: Vec<(Token, CloseCode)>,
+    /// The time the chat is told it is.
+    pub now_ms: u64,
+    /// The largest frame a queue takes.
+    pub max_frame_bytes: usize,
+    /// Every wake-up the chat asked for.
+    pub wakes: Vec<u64>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            sent: Vec::new(),
+            closed: Vec::new(),
+            now_ms: START_MS,
+            max_frame_bytes: 1 << 20,
+            wakes: Vec::new(),
+        }
+    }
 }
 
 impl Outbox for Recorder {
@@ -22,13 +42,21 @@ impl Outbox for Recorder {
     }
 
     fn unix_time_ms(&self) -> u64 {
-        1_764_100_000_000
+        self.now_ms
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    fn wake_at(&mut self, unix_ms: u64) {
+        self.wakes.push(unix_ms);
     }
 }
 
 impl Recorder {
     /// Everything sent to `token` since the last call, oldest first.
-    fn take(&mut self, token: usize) -> Vec<Value> {
+    pub fn take(&mut self, token: usize) -> Vec<Value> {
         let (mine, others) =
             std::mem::take(&mut self.sent).into_iter().partition(|(to, _)| *to == Token(token));
         self.sent = others;
@@ -36,23 +64,32 @@ impl Recorder {
     }
 }
 
-fn open(chat: &mut Chat, out: &mut Recorder, token: usize, target: &str) -> Value {
+pub fn open(chat: &mut Chat, out: &mut Recorder, token: usize, target: &str) -> Value {
     chat.on_open(Token(token), target, out);
     out.take(token).remove(0)
 }
 
-fn say(chat: &mut Chat, out: &mut Recorder, token: usize, frame: &str) {
+pub fn say(chat: &mut Chat, out: &mut Recorder, token: usize, frame: &str) {
     chat.on_message(Token(token), Message::text(frame), out);
+}
+
+/// The epoch a chat seeded with 7 gives the first room it creates.
+fn first_epoch() -> String {
+    let mut chat = Chat::new(50).with_seed(7);
+    open(&mut chat, &mut Recorder::default(), 1, "/")["epoch"].as_str().unwrap().to_owned()
 }
 
 #[test]
 fn welcome_lists_the_room_and_defaults_to_a_guest_name() {
-    let (mut chat, mut out) = (Chat::new(50), Recorder::default());
+    let (mut chat, mut out) = (Chat::new(50).with_seed(7), Recorder::default());
     let welcome = open(&mut chat, &mut out, 1, "/");
     assert_eq!(
         welcome,
-        json!({"type":"welcome","id":1,"name":"guest-1","room":"lobby","users":[{"id":1,"name":"guest-1"}],"history":[]})
+        json!({"type":"welcome","id":1,"name":"guest-1","room":"lobby","epoch":first_epoch(),"seq":0,
+               "users":[{"id":1,"name":"guest-1"}],"history":[]})
     );
+    let epoch = welcome["epoch"].as_str().unwrap();
+    assert!(epoch.len() == 8 && epoch.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit()));
     let welcome = open(&mut chat, &mut out, 2, "/chat?name=al%20ice&room=rust");
     assert_eq!(welcome["name"], "al ice");
     assert_eq!(welcome["room"], "rust");
@@ -79,7 +116,7 @@ fn a_message_reaches_everyone_else_in_the_room_only() {
     open(&mut chat, &mut out, 3, "/?name=carol&room=elsewhere");
     out.take(1);
     say(&mut chat, &mut out, 1, r#"{"type":"message","text":"hi"}"#);
-    let expected = json!({"type":"message","room":"lobby","from":{"id":1,"name":"alice"},"text":"hi","ts":1_764_100_000_000u64});
+    let expected = json!({"type":"message","room":"lobby","seq":1,"from":{"id":1,"name":"alice"},"text":"hi","ts":START_MS});
     assert_eq!(out.take(2), vec![expected]);
     assert!(out.take(1).is_empty(), "the sender hears nothing");
     assert!(out.take(3).is_empty(), "other rooms hear nothing");
@@ -95,28 +132,20 @@ fn plain_text_frames_are_messages() {
 }
 
 #[test]
-fn history_keeps_the_last_messages_oldest_first() {
+fn history_keeps_the_last_message_events_oldest_first() {
     let (mut chat, mut out) = (Chat::new(2), Recorder::default());
     open(&mut chat, &mut out, 1, "/");
+    open(&mut chat, &mut out, 2, "/");
     for text in ["one", "two", "three"] {
         say(&mut chat, &mut out, 1, text);
     }
-    let welcome = open(&mut chat, &mut out, 2, "/");
-    let texts: Vec<_> =
-        welcome["history"].as_array().unwrap().iter().map(|line| line["text"].clone()).collect();
-    assert_eq!(texts, vec![json!("two"), json!("three")]);
-    assert_eq!(welcome["history"][0]["from"], json!({"id":1,"name":"guest-1"}));
-}
-
-#[test]
-fn an_empty_room_disappears_with_its_history() {
-    let (mut chat, mut out) = (Chat::new(50), Recorder::default());
-    open(&mut chat, &mut out, 1, "/?room=attic");
-    say(&mut chat, &mut out, 1, "echo");
-    chat.on_close(Token(1), &mut out);
-    assert_eq!(chat.room_count(), 0);
-    let welcome = open(&mut chat, &mut out, 2, "/?room=attic");
-    assert_eq!(welcome["history"], json!([]));
+    let received: Vec<Value> = out.take(2).into_iter().filter(|event| event["type"] == "message").collect();
+    let welcome = open(&mut chat, &mut out, 3, "/");
+    // Each entry is the `message` event exactly as the room's members received it.
+    assert_eq!(welcome["history"], json!([received[1], received[2]]));
+    assert_eq!(welcome["history"][0]["type"], "message");
+    assert_eq!(welcome["history"][0]["text"], "two");
+    assert_eq!(welcome["seq"], 3);
 }
 
 #[test]
@@ -223,8 +252,12 @@ fn bad_requests_get_an_error_and_keep_the_connection() {
     say(&mut chat, &mut out, 1, "{oops");
     say(&mut chat, &mut out, 1, r#"{"type":"message"}"#);
     say(&mut chat, &mut out, 1, r#"{"type":"shout"}"#);
+    say(&mut chat, &mut out, 1, &json!({"type":"message","text":"x","id":"i".repeat(65)}).to_string());
     let codes: Vec<_> = out.take(1).iter().map(|event| event["code"].clone()).collect();
-    assert_eq!(codes, vec![json!("bad_json"), json!("missing_field"), json!("unknown_type")]);
+    assert_eq!(
+        codes,
+        vec![json!("bad_json"), json!("missing_field"), json!("unknown_type"), json!("invalid_id")]
+    );
     assert!(out.closed.is_empty());
 }
 

@@ -17,6 +17,10 @@ struct ChatStats<'a> {
     reactor: &'a Stats,
     /// Rooms that have members.
     rooms: usize,
+    /// Rooms kept without members (for `--history-ttl`), so that their last members can resume.
+    rooms_without_members: usize,
+    /// Bytes of history kept across all rooms (bounded by `--history-memory`).
+    history_bytes: usize,
 }
 
 /// Answers the `GET` requests the chat knows; `None` leaves the rest to the reactor.
@@ -27,7 +31,13 @@ pub fn respond(chat: &Chat, request: &RequestHead, stats: &Stats) -> Option<Vec<
             Some(http::response(200, "OK", "text/html; charset=utf-8", &headers, PAGE.as_bytes()))
         }
         "/stats" => {
-            let body = serde_json::to_vec(&ChatStats { reactor: stats, rooms: chat.room_count() })
+            let chat_stats = ChatStats {
+                reactor: stats,
+                rooms: chat.room_count(),
+                rooms_without_members: chat.rooms_kept_empty(),
+                history_bytes: chat.history_bytes(),
+            };
+            let body = serde_json::to_vec(&chat_stats)
                 // Invariant: the struct holds only integers.
                 .expect("stats always serialize");
             Some(http::response(200, "OK", "application/json", &[("Cache-Control", "no-cache")], &body))

@@ -35,11 +35,18 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    /// Binds a non-blocking listener with a deep backlog. `max_sockets` caps the sockets held.
-    pub fn bind(address: SocketAddr, max_sockets: usize) -> io::Result<Self> {
+    /// Binds a non-blocking listener with a deep backlog. `max_sockets` caps the sockets held;
+    /// `send_buffer` (bytes, 0 for the kernel's autotuning) is every accepted socket's SO_SNDBUF.
+    pub fn bind(address: SocketAddr, max_sockets: usize, send_buffer: usize) -> io::Result<Self> {
         let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
         // A restarted server can bind its port while the old connections sit in TIME_WAIT.
         socket.set_reuse_address(true)?;
+        if send_buffer > 0 {
+            // Accepted sockets inherit the listener's send buffer, and setting it turns off the
+            // kernel's autotuning for them, which would otherwise grow the buffer of a client
+            // that stops reading to megabytes (`tcp_wmem`), all of it pinned kernel memory.
+            socket.set_send_buffer_size(send_buffer)?;
+        }
         socket.set_nonblocking(true)?;
         socket.bind(&address.into())?;
         socket.listen(LISTEN_BACKLOG)?;

@@ -9,10 +9,11 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use super::connection::{Connection, Phase};
+use super::outgoing::CHUNK_OVERHEAD;
 use super::stats::{Stats, Traffic};
 use crate::frame::Frame;
 use crate::handler::{CloseCode, Outbox};
-use crate::timer::TimerWheel;
+use crate::timer::{TimerKey, TimerWheel};
 
 /// The wheel's tick. Deadlines here are seconds long; 10 ms is fine-grained enough and lets an
 /// idle server sleep until the tick a deadline falls in.
@@ -21,7 +22,11 @@ const TIMER_RESOLUTION: Duration = Duration::from_millis(10);
 /// heartbeat lands within one lap.
 const TIMER_SLOTS: usize = 4096;
 
-/// A connection's deadline, as stored on the timer wheel.
+/// The token of the handler's own deadline on the timer wheel (`Outbox::wake_at`); no slab key
+/// comes near it.
+pub const HANDLER_TIMER: Token = Token(usize::MAX - 2);
+
+/// A connection's deadline (or the handler's, with `HANDLER_TIMER`), as stored on the timer wheel.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
     pub token: Token,
@@ -43,6 +48,10 @@ pub enum Ending {
     /// The socket is closed at once: the peer vanished, broke the protocol beyond repair, or
     /// finished its close handshake.
     Drop,
+    /// The socket is reset at once (an abortive close, `SO_LINGER` 0): for a peer that is not
+    /// reading, or not answering. A plain close would leave the kernel holding the socket and
+    /// everything still queued on it, retrying for minutes to deliver bytes nobody reads.
+    Abort,
 }
 
 pub struct Connections {
@@ -63,8 +72,12 @@ pub struct Connections {
     pub unix_time_ms: u64,
     /// This iteration's monotonic time, read once by the loop after `poll` returns.
     pub now: Instant,
-    /// Every connection's pending deadline.
+    /// Every connection's pending deadline, and the handler's.
     pub timers: TimerWheel<Deadline>,
+    /// The handler's pending wake-up, if it asked for one.
+    pub handler_timer: Option<TimerKey>,
+    /// The most bytes queued for one connection (`--max-send-buffer`).
+    pub send_buffer_limit: usize,
     /// The serial the next accepted connection gets.
     next_serial: u64,
     /// Counters for `GET /stats` (the byte counts live in `traffic`).
@@ -74,7 +87,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(registry: Registry, now: Instant) -> Self {
+    pub fn new(registry: Registry, now: Instant, send_buffer_limit: usize) -> Self {
         Connections {
             slab: Slab::new(),
             registry,
@@ -85,6 +98,8 @@ impl Connections {
             unix_time_ms: 0,
             now,
             timers: TimerWheel::new(TIMER_RESOLUTION, TIMER_SLOTS, now),
+            handler_timer: None,
+            send_buffer_limit,
             next_serial: 0,
             stats: Stats::default(),
             traffic: Traffic::shared(),
@@ -155,9 +170,9 @@ impl Connections {
         self.finished.push(token);
     }
 
-    /// A reader too slow for `--max-send-buffer`: counted, logged, and closed with 1008 (or
-    /// dropped, if not even the close frame fits) between handler calls. Frames sent to it in the
-    /// meantime are skipped.
+    /// A reader too slow for `--max-send-buffer`: counted, logged, and reset between handler
+    /// calls. Frames sent to it in the meantime are skipped. No close frame: it would wait behind
+    /// everything the reader is not reading, and so would the kernel memory it pins.
     pub fn condemn_slow_reader(&mut self, token: Token) {
         let Some(connection) = self.slab.get_mut(token.0) else { return };
         if std::mem::replace(&mut connection.ending_queued, true) {
@@ -168,12 +183,18 @@ impl Connections {
             token.0, connection.peer
         );
         self.stats.slow_consumers_dropped += 1;
-        // A connection already closing has had its close frame queued: it can only be dropped.
-        let ending = match connection.phase {
-            Phase::Open(_) => Ending::Close(CloseCode::Policy, "send buffer full"),
-            _ => Ending::Drop,
-        };
-        self.to_end.push((token, ending));
+        self.to_end.push((token, Ending::Abort));
+    }
+
+    /// Like `release`, but resets the connection instead of closing it: the kernel frees the
+    /// socket and whatever is queued on it at once, instead of keeping it (and its send queue)
+    /// after we let go, waiting for a peer that does not read.
+    pub fn abort(&mut self, token: Token) {
+        let Some(stream) = self.slab.get_mut(token.0).and_then(Connection::stream_mut) else { return };
+        if let Err(error) = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO)) {
+            debug!("connection {}: cannot set SO_LINGER for a reset: {error}", token.0);
+        }
+        self.release(token);
     }
 
     /// Frees the slots of connections that finished during this iteration.
@@ -207,5 +228,18 @@ impl Outbox for Connections {
 
     fn unix_time_ms(&self) -> u64 {
         self.unix_time_ms
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        // What `Socket::queue_frame` accepts into an empty queue.
+        self.send_buffer_limit.saturating_sub(CHUNK_OVERHEAD)
+    }
+
+    fn wake_at(&mut self, unix_ms: u64) {
+        if let Some(key) = self.handler_timer.take() {
+            self.timers.cancel(key);
+        }
+        let at = self.now + Duration::from_millis(unix_ms.saturating_sub(self.unix_time_ms));
+        self.handler_timer = Some(self.timers.insert(at, Deadline { token: HANDLER_TIMER, serial: 0 }));
     }
 }

@@ -9,7 +9,7 @@ use mio::Token;
 
 use super::Reactor;
 use super::connection::Phase;
-use super::connections::Ending;
+use super::connections::{Ending, HANDLER_TIMER};
 use crate::config::Config;
 use crate::frame::Frame;
 use crate::handler::Handler;
@@ -45,6 +45,12 @@ impl<H: Handler> Reactor<H> {
         let mut fired = Vec::new();
         self.connections.timers.expire(self.connections.now, &mut fired);
         for deadline in fired {
+            if deadline.token == HANDLER_TIMER {
+                self.connections.handler_timer = None;
+                self.handler.on_timer(&mut self.connections);
+                self.settle();
+                continue;
+            }
             let Some(connection) = self.connections.slab.get_mut(deadline.token.0) else { continue };
             // A connection cancels its deadline when it is released, so this should not happen;
             // the serial check makes sure a deadline never acts on a newcomer in a reused slot.
@@ -59,14 +65,15 @@ impl<H: Handler> Reactor<H> {
                         "connection {}: no WebSocket upgrade within {:?}; dropping",
                         token.0, self.timeouts.handshake
                     );
-                    self.end(token, Ending::Drop);
+                    self.end(token, Ending::Abort);
                 }
                 Phase::Closing(_) | Phase::Failing(_) | Phase::Reply(_) => {
                     debug!(
                         "connection {}: not closed by the peer within {:?}; dropping",
                         token.0, self.timeouts.close
                     );
-                    self.end(token, Ending::Drop);
+                    // Perhaps it is not reading: reset, so the kernel lets go of what is queued.
+                    self.end(token, Ending::Abort);
                 }
                 Phase::Open(_) => self.check_heartbeat(token),
                 Phase::Done => {}
@@ -88,7 +95,7 @@ impl<H: Handler> Reactor<H> {
                 "connection {}: nothing heard within {:?} of a ping; dropping",
                 token.0, self.timeouts.ping_timeout
             );
-            return self.end(token, Ending::Drop);
+            return self.end(token, Ending::Abort);
         }
         let silent_until = connection.last_activity + self.timeouts.ping_interval;
         if now < silent_until {

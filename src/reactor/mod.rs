@@ -92,14 +92,15 @@ impl<H: Handler> Reactor<H> {
         // Room beyond `--max-connections` for sockets still sending their request, so that
         // clients over the limit can be told 503 rather than left hanging.
         let max_sockets = config.max_connections.saturating_add(256);
-        let mut acceptor = Acceptor::bind(config.bind, max_sockets)?;
+        let mut acceptor = Acceptor::bind(config.bind, max_sockets, config.socket_send_buffer)?;
         if let Some(listener) = acceptor.listener_mut() {
             poll.registry().register(listener, LISTENER, Interest::READABLE)?;
         }
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let started = Instant::now();
-        let connections = Connections::new(poll.registry().try_clone()?, started);
+        let send_buffer_limit = config.max_send_buffer as usize;
+        let connections = Connections::new(poll.registry().try_clone()?, started, send_buffer_limit);
         Ok(Reactor {
             poll,
             acceptor,
@@ -110,7 +111,7 @@ impl<H: Handler> Reactor<H> {
             handler,
             connections,
             websocket_config: config.websocket(),
-            send_buffer_limit: config.max_send_buffer as usize,
+            send_buffer_limit,
             timeouts: Timeouts::from(config),
             max_connections: config.max_connections,
             origins: config.origins.clone(),
@@ -317,6 +318,7 @@ impl<H: Handler> Reactor<H> {
             }
             Ending::Close(..) | Ending::Fail(..) | Ending::PeerClosed => {}
             Ending::Drop => self.connections.release(token),
+            Ending::Abort => self.connections.abort(token),
         }
         was_open
     }
