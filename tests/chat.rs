@@ -78,14 +78,17 @@ fn rooms_are_separate() {
 fn history_greets_newcomers_oldest_first() {
     let server = Server::start(&["--history", "2"]);
     let (mut alice, _) = server.join("/?name=alice");
+    let (mut witness, _) = server.join("/?name=witness");
+    alice.recv_type("joined");
     for text in ["one", "two", "three"] {
         alice.send_text(text);
     }
-    alice.assert_nothing_pending(); // All three have been handled.
+    let received: Vec<_> = (0..3).map(|_| witness.recv_type("message")).collect();
     let (_bob, welcome) = server.join("/?name=bob");
-    let texts: Vec<_> =
-        welcome["history"].as_array().unwrap().iter().map(|line| line["text"].clone()).collect();
-    assert_eq!(texts, vec![json!("two"), json!("three")]);
+    // Each entry is the `message` event exactly as the room's members received it.
+    assert_eq!(welcome["history"], json!([received[1], received[2]]));
+    assert_eq!(welcome["history"][0]["type"], "message");
+    assert_eq!(welcome["history"][0]["text"], "two");
     assert_eq!(welcome["history"][0]["from"]["name"], "alice");
 }
 

@@ -3,8 +3,11 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -47,9 +50,16 @@ fn a_client_that_never_reads_is_dropped_and_nobody_else_misses_a_message() {
         }
         received
     });
+    // A fast stream (about 40 MB/s), but not one 12 MB burst: a reader that takes a burst
+    // more slowly than the server reads it needs the burst's size in buffers, and gets no more
+    // than its kernel socket buffer and `--max-send-buffer`.
     let padding = "x".repeat(4_000);
     for sequence in 0..MESSAGES {
         publisher.socket.write(Message::text(format!("{sequence} {padding}"))).unwrap();
+        if sequence % 50 == 49 {
+            publisher.socket.flush().unwrap();
+            thread::sleep(Duration::from_millis(5)); // Pacing the publisher's sends.
+        }
     }
     publisher.socket.flush().unwrap();
     assert_eq!(reader.join().unwrap(), MESSAGES);
@@ -192,4 +202,125 @@ fn running_out_of_file_descriptors_neither_spins_nor_stalls() {
     alice.recv_type("joined");
     bob.send_json(json!({"type": "message", "text": "back in business"}));
     assert_eq!(alice.recv_type("message")["text"], "back in business");
+}
+
+/// The bytes the kernel holds in the send queues of the server's sockets to `peers` (sent and
+/// not acknowledged, or not sent yet), from `/proc/net/tcp`, and how many of those sockets exist.
+fn kernel_send_queues(server_port: u16, peers: &HashSet<u16>) -> (u64, usize) {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let (mut bytes, mut sockets) = (0, 0);
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |address: &str| u16::from_str_radix(address.rsplit(':').next().unwrap(), 16).unwrap();
+        if port(fields[1]) == server_port && peers.contains(&port(fields[2])) {
+            sockets += 1;
+            bytes += u64::from_str_radix(fields[4].split(':').next().unwrap(), 16).unwrap();
+        }
+    }
+    (bytes, sockets)
+}
+
+/// The kernel's TCP memory, all sockets of the machine, in pages (`/proc/net/sockstat`).
+fn kernel_tcp_pages() -> u64 {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap();
+    let line = sockstat.lines().find(|line| line.starts_with("TCP:")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let at = fields.iter().position(|field| *field == "mem").unwrap();
+    fields[at + 1].parse().unwrap()
+}
+
+#[test]
+fn readers_that_never_read_are_reset_at_once_and_pin_little_kernel_memory() {
+    const LAZY: usize = 200;
+    const MESSAGES: usize = 400;
+    /// The default `--socket-send-buffer`; Linux reserves twice it per socket.
+    const SOCKET_SEND_BUFFER: u64 = 64 * 1024;
+    let mut server = Server::start(&["--max-send-buffer", "262144", "--log-level", "info"]);
+    let (mut publisher, _) = server.join("/?name=publisher&room=stream");
+    let (mut healthy, _) = server.join("/?name=healthy&room=stream");
+    publisher.recv_type("joined");
+    let lazy: Vec<RawClient> = (0..LAZY)
+        .map(|index| {
+            RawClient::connect_with_receive_buffer(&server, &format!("/?name=lazy{index}&room=stream"), 4096)
+        })
+        .collect();
+    let lazy_ports: HashSet<u16> =
+        lazy.iter().map(|client| client.stream.local_addr().unwrap().port()).collect();
+    for _ in 0..LAZY {
+        publisher.recv_type("joined");
+    }
+    let pages_before = kernel_tcp_pages();
+
+    // Sample the kernel's send queues for the lazy readers while the stream runs.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (sampling, ports, port) = (Arc::clone(&sampling), lazy_ports.clone(), server.addr.port());
+        thread::spawn(move || {
+            let (mut most_bytes, mut most_pages) = (0, 0);
+            while sampling.load(Ordering::Relaxed) {
+                most_bytes = most_bytes.max(kernel_send_queues(port, &ports).0);
+                most_pages = most_pages.max(kernel_tcp_pages());
+                thread::sleep(Duration::from_millis(5)); // The sampling period.
+            }
+            (most_bytes, most_pages)
+        })
+    };
+    let reader = thread::spawn(move || {
+        let (mut received, mut cut_off) = (0, 0);
+        while received < MESSAGES || cut_off < LAZY {
+            let event = healthy.recv_json();
+            match event["type"].as_str() {
+                Some("message") => {
+                    let text = event["text"].as_str().unwrap();
+                    assert_eq!(
+                        text.split(' ').next(),
+                        Some(received.to_string().as_str()),
+                        "in order, once each"
+                    );
+                    received += 1;
+                }
+                Some("left") => {
+                    assert!(event["user"]["name"].as_str().unwrap().starts_with("lazy"));
+                    cut_off += 1;
+                }
+                Some("joined") => {}
+                _ => panic!("unexpected {event}"),
+            }
+        }
+        (received, Instant::now())
+    });
+    let padding = "x".repeat(4_000);
+    for sequence in 0..MESSAGES {
+        publisher.send_text(&format!("{sequence} {padding}"));
+        thread::sleep(Duration::from_millis(2)); // A steady stream, not one burst.
+    }
+    let (received, last_cut_off) = reader.join().unwrap();
+    assert_eq!(received, MESSAGES);
+
+    // Every lazy reader's socket is gone from the server within a second of the last cut-off.
+    let mut remaining = kernel_send_queues(server.addr.port(), &lazy_ports).1;
+    while remaining > 0 {
+        assert!(
+            last_cut_off.elapsed() < Duration::from_secs(1),
+            "{remaining} sockets still held after a second"
+        );
+        thread::sleep(Duration::from_millis(10)); // Polling the kernel's table; there is no event.
+        remaining = kernel_send_queues(server.addr.port(), &lazy_ports).1;
+    }
+    sampling.store(false, Ordering::Relaxed);
+    let (most_bytes, most_pages) = sampler.join().unwrap();
+    let bound = LAZY as u64 * 2 * SOCKET_SEND_BUFFER;
+    eprintln!(
+        "{LAZY} lazy readers: at most {most_bytes} bytes in their kernel send queues (bound {bound}); \
+         machine TCP memory {pages_before} pages before, at most {most_pages} during"
+    );
+    assert!(most_bytes <= bound, "{most_bytes} bytes in the kernel for {LAZY} lazy readers, over {bound}");
+    assert_eq!(stats_of(&server)["slow_consumers_dropped"], LAZY);
+    server.wait_for_log("send buffer full");
+    drop(lazy);
+}
+
+fn stats_of(server: &Server) -> serde_json::Value {
+    let response = server.http(b"GET /stats HTTP/1.1\r\n\r\n");
+    serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
 }

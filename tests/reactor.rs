@@ -319,11 +319,37 @@ fn the_log_names_the_bound_port_and_connections_at_debug() {
 }
 
 #[test]
-fn a_send_buffer_too_small_for_the_largest_message_is_refused_at_start() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wschat"))
-        .args(["--bind", "127.0.0.1:0", "--max-message-bytes", "200000", "--max-send-buffer", "1048576"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--max-send-buffer"));
+fn an_ordinary_send_buffer_starts_and_only_an_event_too_large_for_it_is_refused() {
+    // 256 KiB with the default 64 KiB messages: a message of 50,000 control characters becomes a
+    // 300 KB event, which no recipient's queue could ever hold.
+    let server = Server::start(&["--max-send-buffer", "262144"]);
+    let (mut alice, _) = server.join("/?name=alice");
+    let (mut bob, _) = server.join("/?name=bob");
+    alice.recv_type("joined");
+    alice.send_json(json!({"type": "message", "text": "\u{1}".repeat(50_000), "id": "big"}));
+    let error = alice.recv_json();
+    assert_eq!(
+        (&error["type"], &error["code"], &error["id"]),
+        (&json!("error"), &json!("too_large"), &json!("big"))
+    );
+    bob.assert_nothing_pending();
+    // A message of the largest size in plain text still goes through, and nobody was dropped.
+    alice.send_text(&"a".repeat(65_536));
+    assert_eq!(bob.recv_type("message")["text"].as_str().map(str::len), Some(65_536));
+    let response = server.http(b"GET /stats HTTP/1.1\r\n\r\n");
+    let stats: serde_json::Value = serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!((&stats["slow_consumers_dropped"], &stats["connections"]), (&json!(0), &json!(2)));
+}
+
+#[test]
+fn a_send_buffer_smaller_than_the_largest_message_starts_too() {
+    let server = Server::start(&["--max-send-buffer", "65536", "--max-message-bytes", "1048576"]);
+    let (mut alice, _) = server.join("/?name=alice");
+    let (mut bob, _) = server.join("/?name=bob");
+    alice.recv_type("joined");
+    alice.send_text(&"b".repeat(70_000));
+    assert_eq!(alice.recv_json()["code"], "too_large");
+    alice.send_text(&"c".repeat(60_000));
+    assert_eq!(bob.recv_type("message")["text"].as_str().map(str::len), Some(60_000));
+    bob.assert_nothing_pending();
 }
