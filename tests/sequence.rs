@@ -159,3 +159,17 @@ fn a_dm_reaches_its_recipient_in_another_room_and_nobody_else() {
     let (_, welcome) = server.join("/?room=two");
     assert_eq!(welcome["history"], json!([]), "a DM is never history");
 }
+
+#[test]
+fn a_restarted_server_cannot_vouch_for_the_old_sequence() {
+    let before = Server::start(&[]);
+    let (mut alice, welcome) = before.join("/?room=r");
+    let epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    alice.send_text("before the restart");
+    alice.assert_nothing_pending();
+    drop((alice, before));
+    let after = Server::start(&[]);
+    let (_, welcome) = after.join(&format!("/?room=r&since=1&epoch={epoch}"));
+    assert_eq!(welcome["recovered"], false);
+    assert_ne!(welcome["epoch"], json!(epoch));
+}
