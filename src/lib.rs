@@ -24,12 +24,13 @@
 //! - [`handler`]: the seam between reactor and application ([`handler::Handler`],
 //!   [`handler::Outbox`]).
 //! - [`frame`]: a WebSocket frame encoded once and shared by every connection it is sent to.
-//! - [`chat`]: the chat rules as a pure state machine (rooms, names, history, routing), its JSON
-//!   wire format in [`chat::protocol`], its bounded history, its rate limiter and its page.
+//! - [`chat`]: the chat rules as a pure state machine (rooms, names, sequences, history and
+//!   resume, DMs, routing), its JSON wire format in [`chat::protocol`], its rooms kept for a while
+//!   after their last member left, its bounded history, its rate limiter and its page.
 //! - [`http`]: request-head parsing and responses for the pre-WebSocket stage.
 //! - [`config`]: every command-line flag and the tungstenite settings derived from them.
 //! - [`timer`]: the hashed timing wheel that holds every deadline (handshakes, heartbeats,
-//!   close handshakes) and tells `poll` how long it may sleep.
+//!   close handshakes, the handler's own wake-up) and tells `poll` how long it may sleep.
 //!
 //! # One loop iteration
 //! 1. `poll` sleeps until some socket is ready or the nearest deadline on the timer wheel comes.
