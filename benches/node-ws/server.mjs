@@ -4,8 +4,9 @@
 // and encoded once and handed to every recipient's `send`.
 //
 // Implemented: the upgrade on any path with `?name=&room=`, the `welcome` frame (with the full
-// user list, like wschat, and always an empty history: run wschat with `--history 0`), `joined`
-// and `left`, `message` (JSON or a bare text frame) to every other member,
+// user list, the room's epoch and seq, like wschat, and always an empty history: run wschat with
+// `--history 0`), `joined` and `left`, `message` (JSON or a bare text frame, with the room's next
+// seq) to every other member,
 // `{"type":"ping"}` -> `{"type":"pong"}`, `{"type":"who"}`, and the error events for bad JSON,
 // unknown types, missing fields and invalid or taken names and rooms. A client with more than
 // --max-send-buffer bytes waiting (`bufferedAmount`) is closed with 1008, like wschat's slow
@@ -13,6 +14,7 @@
 //
 //   node server.mjs --bind 127.0.0.1:0 [--max-connections 10000] [--max-send-buffer 1048576]
 
+import { randomBytes } from "node:crypto";
 import http from "node:http";
 import { WebSocketServer } from "ws";
 
@@ -36,6 +38,8 @@ let nextId = 0;
 const names = new Set();
 /** Room name -> Map of member id -> { name, socket }, in order of arrival. */
 const rooms = new Map();
+/** Room name -> { epoch, seq }: the room's sequence, as wschat's `epoch` and `seq`. */
+const sequences = new Map();
 let open = 0;
 
 const event = (fields) => JSON.stringify(fields);
@@ -73,6 +77,7 @@ function leave(me) {
   names.delete(me.name);
   if (members.size === 0) {
     rooms.delete(me.room);
+    sequences.delete(me.room);
     return;
   }
   broadcast(me.room, null, event({ type: "left", room: me.room, user: { id: me.id, name: me.name } }));
@@ -105,7 +110,9 @@ function onText(me, frame) {
         return errorEvent("unknown_type", `unknown type \`${request.type}\`; expected message, who or ping`);
     }
   }
-  const message = { type: "message", room: me.room, from: { id: me.id, name: me.name }, text, ts: Date.now() };
+  const sequence = sequences.get(me.room);
+  sequence.seq += 1;
+  const message = { type: "message", room: me.room, seq: sequence.seq, from: { id: me.id, name: me.name }, text, ts: Date.now() };
   broadcast(me.room, me.id, event(message));
   return null;
 }
@@ -133,11 +140,15 @@ wss.on("connection", (socket, request) => {
   room ??= "lobby";
   const me = { id, name, room };
   names.add(name);
-  if (!rooms.has(room)) rooms.set(room, new Map());
+  if (!rooms.has(room)) {
+    rooms.set(room, new Map());
+    sequences.set(room, { epoch: randomBytes(4).toString("hex"), seq: 0 });
+  }
   broadcast(room, null, event({ type: "joined", room, user: { id, name } }));
   const members = rooms.get(room);
   members.set(id, { name, socket });
-  socket.send(event({ type: "welcome", id, name, room, users: usersOf(members), history: [] }));
+  const { epoch, seq } = sequences.get(room);
+  socket.send(event({ type: "welcome", id, name, room, epoch, seq, users: usersOf(members), history: [] }));
   for (const complaint of complaints) socket.send(complaint);
 
   socket.on("message", (data, isBinary) => {

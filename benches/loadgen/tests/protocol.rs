@@ -75,9 +75,12 @@ fn check(port: u16) {
     let mut alice = join(port, "name=alice&room=r%201");
     let welcome = next(&mut alice);
     let alice_id = welcome["id"].as_u64().unwrap();
+    let epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(epoch.len(), 8, "{welcome}");
     assert_eq!(
         welcome,
-        json!({"type":"welcome","id":alice_id,"name":"alice","room":"r 1","users":[{"id":alice_id,"name":"alice"}],"history":[]})
+        json!({"type":"welcome","id":alice_id,"name":"alice","room":"r 1","epoch":epoch,"seq":0,
+               "users":[{"id":alice_id,"name":"alice"}],"history":[]})
     );
     // The field order is part of what the load generator's fast path reads.
     let mut bob = join(port, "room=r+1");
@@ -88,20 +91,22 @@ fn check(port: u16) {
     let bob_name = format!("guest-{bob_id}");
     assert_eq!(welcome["name"], json!(bob_name));
     assert_eq!(welcome["users"], json!([{"id":alice_id,"name":"alice"},{"id":bob_id,"name":bob_name}]));
+    assert_eq!((&welcome["epoch"], &welcome["seq"]), (&json!(epoch), &json!(0)));
     assert_eq!(next(&mut alice), json!({"type":"joined","room":"r 1","user":{"id":bob_id,"name":bob_name}}));
 
     send(&mut alice, json!({"type":"message","text":"lg 0 1 2"}));
     let Message::Text(raw) = bob.read().unwrap() else { panic!("message is text") };
-    assert!(raw.starts_with(r#"{"type":"message","room":"r 1","from":{"id":"#), "{raw}");
+    assert!(raw.starts_with(r#"{"type":"message","room":"r 1","seq":1,"from":{"id":"#), "{raw}");
     let mut message: Value = serde_json::from_str(&raw).unwrap();
     assert!(message["ts"].as_u64().unwrap() > 1_600_000_000_000);
     message["ts"] = json!(0);
     assert_eq!(
         message,
-        json!({"type":"message","room":"r 1","from":{"id":alice_id,"name":"alice"},"text":"lg 0 1 2","ts":0})
+        json!({"type":"message","room":"r 1","seq":1,"from":{"id":alice_id,"name":"alice"},"text":"lg 0 1 2","ts":0})
     );
     bob.send(Message::text("plain words")).unwrap();
-    assert_eq!(next(&mut alice)["text"], json!("plain words"));
+    let reply = next(&mut alice);
+    assert_eq!((&reply["text"], &reply["seq"]), (&json!("plain words"), &json!(2)));
 
     // The sender hears nothing of its own message: the next thing it gets is the pong.
     send(&mut alice, json!({"type":"ping"}));

@@ -5,9 +5,9 @@
 //! `Bytes`), tokio-tungstenite for the WebSocket layer.
 //!
 //! Implemented: the upgrade on any path with `?name=&room=`, the `welcome` frame (with the full
-//! user list, like wschat, and always an empty history: the baseline keeps none, run wschat with
-//! `--history 0`), `joined` and `left`, `message` (JSON or a bare text frame) to every other
-//! member, `{"type":"ping"}` → `{"type":"pong"}`, `{"type":"who"}`, and the error events for bad
+//! user list, the room's epoch and seq, like wschat, and always an empty history: the baseline
+//! keeps none, run wschat with `--history 0`), `joined` and `left`, `message` (JSON or a bare text
+//! frame, with the room's next seq) to every other member, `{"type":"ping"}` → `{"type":"pong"}`, `{"type":"who"}`, and the error events for bad
 //! JSON, unknown types, missing fields and invalid or taken names and rooms. Not implemented:
 //! `nick` and `join` (answered with `unknown_type`), heartbeat pings, plain-HTTP pages, origins.
 
@@ -151,10 +151,22 @@ struct State {
     rooms: std::collections::HashMap<Arc<str>, Room>,
 }
 
-#[derive(Default)]
 struct Room {
     /// Members by id; ids grow with arrival, so iteration is in order of arrival.
     members: BTreeMap<u64, Member>,
+    /// Names the room's sequence, as wschat's `epoch` does (8 characters, drawn at creation).
+    epoch: String,
+    /// The seq of the room's latest message, as in wschat.
+    seq: u64,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // A random 32 bits from the standard library's per-map hash keys: no other crate needed.
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        Room { members: BTreeMap::new(), epoch: format!("{:08x}", random as u32), seq: 0 }
+    }
 }
 
 struct Member {
@@ -178,13 +190,39 @@ struct UserView<'a> {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Event<'a> {
-    Welcome { id: u64, name: &'a str, room: &'a str, users: Vec<UserView<'a>>, history: [(); 0] },
-    Joined { room: &'a str, user: UserView<'a> },
-    Left { room: &'a str, user: UserView<'a> },
-    Message { room: &'a str, from: UserView<'a>, text: &'a str, ts: u64 },
-    Users { room: &'a str, users: Vec<UserView<'a>> },
+    Welcome {
+        id: u64,
+        name: &'a str,
+        room: &'a str,
+        epoch: &'a str,
+        seq: u64,
+        users: Vec<UserView<'a>>,
+        history: [(); 0],
+    },
+    Joined {
+        room: &'a str,
+        user: UserView<'a>,
+    },
+    Left {
+        room: &'a str,
+        user: UserView<'a>,
+    },
+    Message {
+        room: &'a str,
+        seq: u64,
+        from: UserView<'a>,
+        text: &'a str,
+        ts: u64,
+    },
+    Users {
+        room: &'a str,
+        users: Vec<UserView<'a>>,
+    },
     Pong,
-    Error { code: &'a str, message: &'a str },
+    Error {
+        code: &'a str,
+        message: &'a str,
+    },
 }
 
 impl Event<'_> {
@@ -359,7 +397,16 @@ fn join(
     let room = state.rooms.entry(room_key.clone()).or_default();
     room.members.insert(id, Member { name: name.clone(), tx });
     let users = room.members.iter().map(|(&id, member)| UserView { id, name: &member.name }).collect();
-    let welcome = Event::Welcome { id, name: &name, room: &room_key, users, history: [] }.to_message();
+    let welcome = Event::Welcome {
+        id,
+        name: &name,
+        room: &room_key,
+        epoch: &room.epoch,
+        seq: room.seq,
+        users,
+        history: [],
+    }
+    .to_message();
     drop(guard);
     (Me { id, name, room: room_key }, welcome, complaints)
 }
@@ -434,11 +481,12 @@ fn on_text(shared: &Shared, me: &Me, frame: &str) -> Option<Message> {
         std::borrow::Cow::Borrowed(frame)
     };
     let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64);
-    let event =
-        Event::Message { room: &me.room, from: UserView { id: me.id, name: &me.name }, text: &text, ts };
-    let message = event.to_message();
     let mut state = shared.state.lock().unwrap();
-    let room = state.rooms.get(&me.room)?;
+    let room = state.rooms.get_mut(&me.room)?;
+    // The seq is taken and the event queued under one lock, so members see seqs in order.
+    room.seq += 1;
+    let from = UserView { id: me.id, name: &me.name };
+    let message = Event::Message { room: &me.room, seq: room.seq, from, text: &text, ts }.to_message();
     let dropped = broadcast(room, Some(me.id), &me.room, message);
     for id in dropped {
         remove_member(&mut state, &me.room, id);
