@@ -135,7 +135,7 @@ const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 /// Parses a number of seconds that may also be 0.
 fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
-        Ok(seconds) if seconds == 0.0 => Ok(Duration::ZERO),
+        Ok(0.0) => Ok(Duration::ZERO),
         _ => parse_seconds(text),
     }
 }
