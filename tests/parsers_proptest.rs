@@ -8,12 +8,13 @@
 #[path = "../fuzz/chat_model.rs"]
 mod chat_model;
 
-use chat_model::{Op, SLOTS};
+use chat_model::{Ask, EpochAsk, Op, SLOTS, Settings, Since, Transcript, with_id};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{Map, Value, json};
-use wschat::chat::protocol::{Request, parse_request};
+use wschat::chat::DEFAULT_HISTORY_BYTES;
+use wschat::chat::protocol::{MAX_ID_CHARS, Parsed, Request, UpgradeQuery, parse_request};
 use wschat::http::{MAX_HEAD_BYTES, Parse, check_upgrade, parse_head};
 
 /// Cases per property: `default`, tuned to keep the file near 1 s in release and 6 s in debug;
@@ -481,60 +482,91 @@ proptest! {
 
 /// What `parse_request` made of a frame, owned, with error codes as their wire names.
 #[derive(Debug, PartialEq)]
-enum Parsed {
+enum Meaning {
     Message(String),
+    Dm {
+        to: String,
+        text: String,
+    },
     Nick(String),
-    Join(String),
+    /// The room, and `(since, epoch)` if the request asked to resume.
+    Join(String, Option<(Option<u64>, Option<String>)>),
     Who,
     Ping,
     Error(String),
 }
 
-fn parsed(frame: &str) -> Parsed {
-    match parse_request(frame) {
-        Ok(Request::Message { text }) => Parsed::Message(text.into_owned()),
-        Ok(Request::Nick { name }) => Parsed::Nick(name.into_owned()),
-        Ok(Request::Join { room }) => Parsed::Join(room.into_owned()),
-        Ok(Request::Who) => Parsed::Who,
-        Ok(Request::Ping) => Parsed::Ping,
+/// A frame's meaning and the id the parser kept for it (to ack it, or to echo in an error).
+fn parsed(frame: &str) -> (Option<String>, Meaning) {
+    let Parsed { id, request } = parse_request(frame);
+    let meaning = match request {
+        Ok(Request::Message { text }) => Meaning::Message(text.into_owned()),
+        Ok(Request::Dm { to, text }) => Meaning::Dm { to: to.into_owned(), text: text.into_owned() },
+        Ok(Request::Nick { name }) => Meaning::Nick(name.into_owned()),
+        Ok(Request::Join { room, resume }) => {
+            Meaning::Join(room.into_owned(), resume.map(|resume| (resume.since, resume.epoch)))
+        }
+        Ok(Request::Who) => Meaning::Who,
+        Ok(Request::Ping) => Meaning::Ping,
         Err(rejection) => {
             let code = serde_json::to_value(rejection.code).expect("codes serialize");
-            Parsed::Error(code.as_str().expect("codes are strings").to_owned())
+            Meaning::Error(code.as_str().expect("codes are strings").to_owned())
         }
-    }
+    };
+    (id.map(|id| id.into_owned()), meaning)
 }
 
-/// What the README says a JSON object frame means.
-fn documented_meaning(object: &Map<String, Value>) -> Parsed {
-    let error = |code: &str| Parsed::Error(code.to_owned());
-    // `type`, `text`, `name` and `room` must be strings when present (null counts as absent).
+/// Only the meaning, for frames without an id.
+fn meaning(frame: &str) -> Meaning {
+    parsed(frame).1
+}
+
+/// What the README and the protocol additions say a JSON object frame means.
+fn documented_meaning(object: &Map<String, Value>) -> (Option<String>, Meaning) {
+    let error = |code: &str| Meaning::Error(code.to_owned());
+    // `type`, `id`, `text`, `name`, `room` and `to` must be strings when present (null counts as
+    // absent); anything else makes the whole frame bad JSON, so even its id is not kept.
     let field = |key: &str| match object.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(()),
     };
-    let (Ok(kind), Ok(text), Ok(name), Ok(room)) =
-        (field("type"), field("text"), field("name"), field("room"))
+    let (Ok(kind), Ok(id), Ok(text), Ok(name), Ok(room), Ok(to)) =
+        (field("type"), field("id"), field("text"), field("name"), field("room"), field("to"))
     else {
-        return error("bad_json");
+        return (None, error("bad_json"));
+    };
+    if id.as_ref().is_some_and(|id| id.chars().count() > MAX_ID_CHARS) {
+        return (None, error("invalid_id"));
+    }
+    // Any `since` (but null) asks to resume; one that is not a whole number cannot succeed, and
+    // an `epoch` that is not a string matches nothing.
+    let resume = match object.get("since") {
+        None | Some(Value::Null) => None,
+        Some(since) => Some((since.as_u64(), object.get("epoch").and_then(Value::as_str).map(str::to_owned))),
     };
     let required =
-        |value: Option<String>, wrap: fn(String) -> Parsed| value.map_or(error("missing_field"), wrap);
-    match kind.as_deref() {
+        |value: Option<String>, wrap: &dyn Fn(String) -> Meaning| value.map_or(error("missing_field"), wrap);
+    let meaning = match kind.as_deref() {
         None => error("missing_field"),
-        Some("message") => required(text, Parsed::Message),
-        Some("nick") => required(name, Parsed::Nick),
-        Some("join") => required(room, Parsed::Join),
-        Some("who") => Parsed::Who,
-        Some("ping") => Parsed::Ping,
+        Some("message") => required(text, &Meaning::Message),
+        Some("dm") => match (to, text) {
+            (Some(to), Some(text)) => Meaning::Dm { to, text },
+            _ => error("missing_field"),
+        },
+        Some("nick") => required(name, &Meaning::Nick),
+        Some("join") => required(room, &|room| Meaning::Join(room, resume.clone())),
+        Some("who") => Meaning::Who,
+        Some("ping") => Meaning::Ping,
         Some(_) => error("unknown_type"),
-    }
+    };
+    (id, meaning)
 }
 
 fn interesting_string() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "message", "nick", "join", "who", "ping", "Message", "", " ", "type", "\u{0}"
+            "message", "dm", "nick", "join", "who", "ping", "Message", "", " ", "type", "\u{0}"
         ])
         .prop_map(String::from),
         any::<String>(),
@@ -542,11 +574,17 @@ fn interesting_string() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Ids around the 64-character limit, counted in characters, not bytes.
+fn long_id() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-z]{63,65}", "[\u{e9}\u{1f600}]{63,65}"]
+}
+
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
         interesting_string().prop_map(Value::from),
     ];
@@ -567,10 +605,30 @@ fn request_object() -> impl Strategy<Value = Map<String, Value>> {
             1 => json_value(),
         ])
     };
-    (field(), field(), field(), field(), prop::collection::vec(("[a-z_]{1,6}", json_value()), 0..3)).prop_map(
-        |(kind, text, name, room, extra)| {
+    let id = prop::option::of(prop_oneof![
+        3 => "[a-z0-9-]{0,8}".prop_map(Value::from),
+        1 => long_id().prop_map(Value::from),
+        1 => json_value(),
+    ]);
+    let since = prop::option::of(prop_oneof![
+        3 => (0..20u64).prop_map(Value::from),
+        1 => json_value(),
+    ]);
+    let strings = (field(), field(), field(), field(), field());
+    (strings, id, since, field(), prop::collection::vec(("[a-z_]{1,6}", json_value()), 0..3)).prop_map(
+        |((kind, text, name, room, to), id, since, epoch, extra)| {
             let mut object: Map<String, Value> = extra.into_iter().collect();
-            for (key, value) in [("type", kind), ("text", text), ("name", name), ("room", room)] {
+            let fields = [
+                ("type", kind),
+                ("text", text),
+                ("name", name),
+                ("room", room),
+                ("to", to),
+                ("id", id),
+                ("since", since),
+                ("epoch", epoch),
+            ];
+            for (key, value) in fields {
                 match value {
                     Some(value) => object.insert(key.to_owned(), value),
                     None => object.remove(key),
@@ -581,18 +639,28 @@ fn request_object() -> impl Strategy<Value = Map<String, Value>> {
     )
 }
 
+/// Where JSON's whitespace ends: a frame is a JSON request only if a `{` comes next.
+fn starts_like_json(frame: &str) -> bool {
+    frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{')
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(1024), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_frames_never_panic_and_non_objects_are_messages(
-        frame in prop_oneof![any::<String>(), "[ \t\n{}\\[\\]\":,a-z0-9\\\\]{0,40}", "\\s{0,3}\\{.{0,40}"],
+        frame in prop_oneof![
+            any::<String>(),
+            "[ \t\n{}\\[\\]\":,a-z0-9\\\\]{0,40}",
+            "\\s{0,3}\\{.{0,40}",
+            "[\u{a0}\u{2028}\u{feff}]\\{.{0,10}",
+        ],
     ) {
-        let result = parsed(&frame);
-        if !frame.trim_start().starts_with('{') {
+        let (id, meaning) = parsed(&frame);
+        if !starts_like_json(&frame) {
             // The whole frame, less the one line ending websocat sends with each line.
             let line = frame.strip_suffix('\n').map_or(frame.as_str(), |line| line.strip_suffix('\r').unwrap_or(line));
-            prop_assert_eq!(result, Parsed::Message(line.to_owned()));
+            prop_assert_eq!((id, meaning), (None, Meaning::Message(line.to_owned())));
         }
     }
 
@@ -614,7 +682,7 @@ proptest! {
         let frame = value.to_string();
         match &value {
             Value::Object(object) => prop_assert_eq!(parsed(&frame), documented_meaning(object)),
-            _ => prop_assert_eq!(parsed(&frame), Parsed::Message(frame.clone())),
+            _ => prop_assert_eq!(parsed(&frame), (None, Meaning::Message(frame.clone()))),
         }
     }
 
@@ -624,15 +692,55 @@ proptest! {
         tail in "[^ \t\r\n][ -~]{0,5}",
     ) {
         let frame = format!("{}{tail}", Value::Object(object));
-        prop_assert_eq!(parsed(&frame), Parsed::Error("bad_json".into()));
+        prop_assert_eq!(parsed(&frame), (None, Meaning::Error("bad_json".into())));
     }
 
     #[test]
-    fn strings_round_trip_through_message_nick_and_join_requests(text in any::<String>()) {
-        let frame = |value: Value| parsed(&value.to_string());
-        prop_assert_eq!(frame(json!({"type": "message", "text": text})), Parsed::Message(text.clone()));
-        prop_assert_eq!(frame(json!({"name": text, "type": "nick"})), Parsed::Nick(text.clone()));
-        prop_assert_eq!(frame(json!({"type": "join", "x": 1, "room": text})), Parsed::Join(text.clone()));
+    fn strings_round_trip_through_every_request_that_carries_one(text in any::<String>(), id in "\\PC{0,64}") {
+        let frame = |value: Value| meaning(&value.to_string());
+        prop_assert_eq!(frame(json!({"type": "message", "text": text})), Meaning::Message(text.clone()));
+        prop_assert_eq!(
+            frame(json!({"type": "dm", "to": text, "text": text})),
+            Meaning::Dm { to: text.clone(), text: text.clone() }
+        );
+        prop_assert_eq!(frame(json!({"name": text, "type": "nick"})), Meaning::Nick(text.clone()));
+        prop_assert_eq!(frame(json!({"type": "join", "x": 1, "room": text})), Meaning::Join(text.clone(), None));
+        prop_assert_eq!(
+            frame(json!({"type": "join", "room": "r", "since": 3, "epoch": text})),
+            Meaning::Join("r".into(), Some((Some(3), Some(text.clone()))))
+        );
+        let (kept, _) = parsed(&json!({"type": "ping", "id": id}).to_string());
+        prop_assert_eq!(kept, Some(id.clone()), "ids of up to 64 characters are kept as they are");
+    }
+
+    /// The upgrade query, read on its own: what the chat model relies on when it decodes targets
+    /// with the server's `UpgradeQuery::parse`.
+    #[test]
+    fn the_upgrade_query_decodes_name_room_since_and_epoch(
+        name in query_value(),
+        room in query_value(),
+        since in prop_oneof!["[0-9]{1,20}".prop_map(String::into_bytes), query_value()],
+        epoch in prop::option::of(query_value()),
+        style in any::<u8>(),
+    ) {
+        let mut target = format!(
+            "/chat?room=x&name={}&room={}&since={}",
+            percent_encode(&name, style),
+            percent_encode(&room, style.rotate_left(2)),
+            percent_encode(&since, style.rotate_left(4)),
+        );
+        if let Some(epoch) = &epoch {
+            target += &format!("&epoch={}", percent_encode(epoch, style.rotate_left(6)));
+        }
+        let lossy = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let query = UpgradeQuery::parse(&target);
+        prop_assert_eq!(query.name, Some(lossy(&name)));
+        prop_assert_eq!(query.room, Some(lossy(&room)), "the last `room` wins");
+        let resume = query.resume.expect("`since` asks to resume");
+        // A whole number as Rust's `u64` parser reads it (so `%2B5`, "+5", is 5); anything else
+        // is a resume that cannot succeed, not an error.
+        prop_assert_eq!(resume.since, lossy(&since).parse::<u64>().ok());
+        prop_assert_eq!(resume.epoch, epoch.as_deref().map(lossy));
     }
 }
 
@@ -665,14 +773,65 @@ fn room() -> impl Strategy<Value = String> {
     ]
 }
 
-/// `/chat?name=NAME&room=ROOM`, each parameter there if given, percent-encoded as `style` says.
-fn chat_target((name, room, style): (Option<String>, Option<String>, u8)) -> String {
+/// Message texts: short ones, and long or escaped ones around the frame limits `settings` picks
+/// (a control character takes 6 bytes of JSON, a quote or backslash 2).
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => ".{0,12}",
+        1 => "[\u{1}\u{1f}\"\\\\x\u{e9}]{20,100}",
+        1 => "x{100,500}",
+    ]
+}
+
+/// Request ids: short ones, ones around the 64-character limit, and ones that are not strings
+/// (`null` counts as no id, anything else is bad JSON).
+fn id() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        6 => "[a-z0-9-]{1,8}".prop_map(Value::from),
+        2 => long_id().prop_map(Value::from),
+        1 => prop::sample::select(vec![json!(7), Value::Null, json!(["x"]), json!("")]),
+    ]
+}
+
+/// `since` and `epoch` for resuming, mostly from what the client saw.
+fn resume_ask() -> impl Strategy<Value = Ask> {
+    let since = prop_oneof![
+        1 => Just(Since::Absent),
+        6 => (-3..=1i64).prop_map(Since::Seen),
+        1 => prop_oneof![0..3u64, Just(u64::MAX)].prop_map(Since::Number),
+        2 => prop::sample::select(vec![
+            json!("abc"), json!("4"), json!(-1), json!(1.5), json!(true), json!([1]), json!(""), Value::Null,
+        ])
+        .prop_map(Since::Junk),
+    ];
+    let epoch = prop_oneof![
+        5 => Just(EpochAsk::Seen),
+        1 => Just(EpochAsk::Absent),
+        1 => prop::sample::select(vec![json!("zzzzzzzz"), json!(""), json!(7), Value::Null]).prop_map(EpochAsk::Given),
+    ];
+    (since, epoch).prop_map(|(since, epoch)| Ask { since, epoch })
+}
+
+/// A resume's texts in an upgrade query: `since`, and `epoch` if there is one.
+type ResumeParams = (String, Option<String>);
+
+/// `/chat?name=NAME&room=ROOM&since=SINCE&epoch=EPOCH`, each parameter there if given,
+/// percent-encoded as `style` says.
+fn chat_target(
+    (name, room, resume, style): (Option<String>, Option<String>, Option<ResumeParams>, u8),
+) -> String {
     let mut params = Vec::new();
     if let Some(name) = name {
         params.push(format!("name={}", percent_encode(name.as_bytes(), style)));
     }
     if let Some(room) = room {
         params.push(format!("room={}", percent_encode(room.as_bytes(), !style)));
+    }
+    if let Some((since, epoch)) = resume {
+        params.push(format!("since={}", percent_encode(since.as_bytes(), style)));
+        if let Some(epoch) = epoch {
+            params.push(format!("epoch={}", percent_encode(epoch.as_bytes(), style)));
+        }
     }
     format!("/chat?{}", params.join("&"))
 }
@@ -681,9 +840,11 @@ fn target() -> impl Strategy<Value = String> {
     let raw = || {
         prop_oneof![name().prop_map(String::into_bytes), room().prop_map(String::into_bytes), query_value()]
     };
+    // Resumes the model cannot vouch for: an epoch never drawn, or none.
+    let resume = prop::option::of(("[0-9]{1,2}|[ -~]{0,3}", prop::option::of("[a-z0-9]{8}|[ -~]{0,3}")));
     prop_oneof![
         1 => Just("/".to_owned()),
-        4 => (prop::option::of(name()), prop::option::of(room()), any::<u8>()).prop_map(chat_target),
+        4 => (prop::option::of(name()), prop::option::of(room()), resume, any::<u8>()).prop_map(chat_target),
         2 => (raw(), raw(), any::<u8>()).prop_map(|(a, b, style)| {
             // Repeated parameters (the last wins), empty pairs, junk escapes.
             format!("/?name={}&&=&name={}&room=%zz%&x", percent_encode(&a, style), percent_encode(&b, style))
@@ -694,12 +855,18 @@ fn target() -> impl Strategy<Value = String> {
 
 fn frame() -> impl Strategy<Value = String> {
     prop_oneof![
-        4 => ".{0,12}".prop_map(|text| json!({"type": "message", "text": text}).to_string()),
+        4 => (text(), prop::option::of(id()))
+            .prop_map(|(text, id)| with_id(json!({"type": "message", "text": text}), id)),
         2 => "[^{ ].{0,12}",
-        3 => name().prop_map(|name| json!({"type": "nick", "name": name}).to_string()),
-        3 => room().prop_map(|room| json!({"type": "join", "room": room}).to_string()),
+        1 => "[^{ \t\r\n][\u{1}x\"]{50,300}",
+        2 => (name(), text(), prop::option::of(id()))
+            .prop_map(|(to, text, id)| with_id(json!({"type": "dm", "to": to, "text": text}), id)),
+        3 => (name(), prop::option::of(id()))
+            .prop_map(|(name, id)| with_id(json!({"type": "nick", "name": name}), id)),
+        3 => (room(), prop::option::of(id()))
+            .prop_map(|(room, id)| with_id(json!({"type": "join", "room": room}), id)),
         1 => Just(r#"{"type":"who"}"#.to_owned()),
-        1 => Just(r#"{"type":"ping"}"#.to_owned()),
+        1 => Just(r#"{"type":"ping","id":"p"}"#.to_owned()),
         1 => json_value().prop_map(|value| value.to_string()),
         1 => request_object().prop_map(|object| Value::Object(object).to_string()),
         1 => "\\s?\\{.{0,12}",
@@ -708,25 +875,53 @@ fn frame() -> impl Strategy<Value = String> {
 
 fn op() -> impl Strategy<Value = Op> {
     let slot = || 0..SLOTS;
+    let same_or = |rooms| prop_oneof![2 => Just(None), 1 => prop::option::of(rooms)];
     prop_oneof![
         3 => (slot(), target()).prop_map(|(slot, target)| Op::Open { slot, target }),
+        2 => (slot(), prop::option::of(name()), same_or(room()), resume_ask())
+            .prop_map(|(slot, name, room, ask)| Op::Reconnect { slot, name, room, ask }),
         8 => (slot(), frame()).prop_map(|(slot, frame)| Op::Text { slot, frame }),
+        2 => (slot(), same_or(room()), resume_ask(), prop::option::of(id()))
+            .prop_map(|(slot, room, ask, id)| Op::Rejoin { slot, room, ask, id }),
+        2 => (slot(), slot(), text(), prop::option::of(id()))
+            .prop_map(|(slot, to, text, id)| Op::DmSlot { slot, to, text, id }),
         1 => slot().prop_map(|slot| Op::Binary { slot }),
         2 => slot().prop_map(|slot| Op::Close { slot }),
+        2 => prop_oneof![0..5u64, 0..60u64, 900..1100u64].prop_map(|ms| Op::Wait { ms }),
     ]
+}
+
+/// The chat's settings: history limits that bite, TTLs that sessions outlive (or 0), frame
+/// limits that messages reach, any seed.
+fn settings() -> impl Strategy<Value = Settings> {
+    (
+        0..4usize,
+        prop_oneof![1 => Just(DEFAULT_HISTORY_BYTES), 2 => 150..800usize],
+        prop_oneof![1 => Just(0u64), 3 => 1..40u64, 1 => Just(1_000u64)],
+        prop_oneof![1 => Just(1usize << 20), 3 => 200..600usize],
+        any::<u64>(),
+    )
+        .prop_map(|(history_limit, history_bytes, ttl_ms, max_frame_bytes, seed)| Settings {
+            history_limit,
+            history_bytes,
+            ttl_ms,
+            max_frame_bytes,
+            seed,
+        })
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(512), failure_persistence: None, ..ProptestConfig::default() })]
 
-    /// Random opens, frames and closes: the chat sends exactly what the README's rules say, only
-    /// to open connections, only JSON objects with a string `type`, and names stay unique.
+    /// Random opens, resumes, frames, DMs, closes and waits: the chat sends exactly what the
+    /// rules say, only to open connections, only JSON objects with a string `type`; names stay
+    /// unique and rooms are kept exactly for the TTL.
     #[test]
     fn chat_sessions_follow_the_rules_and_never_send_to_closed_connections(
-        history_limit in 0..4usize,
-        ops in prop::collection::vec(op(), 1..60),
+        settings in settings(),
+        ops in prop::collection::vec(op(), 1..80),
     ) {
-        chat_model::run(history_limit, &ops);
+        chat_model::run(settings, &ops);
     }
 
     /// The fuzz target's byte decoding, under the same checks.
@@ -734,37 +929,246 @@ proptest! {
     fn chat_sessions_decoded_from_random_bytes_follow_the_rules(
         bytes in prop::collection::vec(any::<u8>(), 0..300),
     ) {
-        let (history_limit, ops) = chat_model::ops_from_bytes(&bytes);
-        chat_model::run(history_limit, &ops);
+        let (settings, ops) = chat_model::ops_from_bytes(&bytes);
+        chat_model::run(settings, &ops);
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fixed cases: the edges the strategies aim at, kept as plain tests.
+// Fixed cases: the edges the strategies aim at, kept as plain tests. The sessions run under the
+// model's checks too; the assertions say what the edge is.
+
+fn say(slot: usize, frame: &str) -> Op {
+    Op::Text { slot, frame: frame.to_owned() }
+}
+
+fn ask(since: Since, epoch: EpochAsk) -> Ask {
+    Ask { since, epoch }
+}
+
+/// The client on `slot` comes back to the room it was last in.
+fn reconnect(slot: usize, since: Since, epoch: EpochAsk) -> Op {
+    Op::Reconnect { slot, name: None, room: None, ask: ask(since, epoch) }
+}
+
+/// Everything `slot` received in the session's last step.
+fn last_step_to(transcript: &Transcript, slot: usize) -> Vec<&Value> {
+    let last = transcript.last().map_or(0, |(step, _, _)| *step);
+    transcript
+        .iter()
+        .filter(|(step, to, _)| *step == last && *to == slot)
+        .map(|(_, _, event)| event)
+        .collect()
+}
+
+/// The first welcome or room event `slot` received.
+fn first_snapshot_to(transcript: &Transcript, slot: usize) -> &Value {
+    transcript
+        .iter()
+        .find(|(_, to, event)| *to == slot && (event["type"] == "welcome" || event["type"] == "room"))
+        .map(|(_, _, event)| event)
+        .expect("a snapshot")
+}
+
+fn texts(snapshot: &Value) -> Vec<&str> {
+    snapshot["history"].as_array().expect("a history").iter().map(|m| m["text"].as_str().unwrap()).collect()
+}
+
+/// Alice opens room `r` on slot 0, says m1, m2 and m3 (with ids, so her client knows their
+/// seqs) and leaves.
+fn alice_says_three_and_leaves() -> Vec<Op> {
+    vec![
+        Op::Open { slot: 0, target: "/?name=alice&room=r".into() },
+        say(0, r#"{"type":"message","text":"m1","id":"1"}"#),
+        say(0, r#"{"type":"message","text":"m2","id":"2"}"#),
+        say(0, r#"{"type":"message","text":"m3","id":"3"}"#),
+        Op::Close { slot: 0 },
+    ]
+}
 
 #[test]
 fn the_model_agrees_on_a_known_session() {
-    let text = |slot, frame: &str| Op::Text { slot, frame: frame.to_owned() };
     chat_model::run(
-        2,
+        Settings { history_limit: 2, ..Settings::default() },
         &[
             Op::Open { slot: 0, target: "/?name=alice".into() },
             Op::Open { slot: 1, target: "/?name=alice&room=r%C3%A9".into() },
-            text(1, r#"{"type":"join","room":"lobby"}"#),
-            text(1, r#"{"type":"nick","name":"alice"}"#),
-            text(0, "hello"),
-            text(0, "again"),
-            text(0, "third"),
+            say(1, r#"{"type":"join","room":"lobby"}"#),
+            say(1, r#"{"type":"nick","name":"alice","id":"n"}"#),
+            say(0, "hello"),
+            say(0, "again"),
+            say(0, "third"),
             Op::Open { slot: 2, target: "/?name=guest-3".into() },
             Op::Binary { slot: 1 },
             Op::Open { slot: 1, target: "/?name=bob".into() },
-            text(1, r#"{"type":"nick","name":"alice"}"#),
+            say(1, r#"{"type":"nick","name":"alice"}"#),
             Op::Close { slot: 0 },
-            text(1, r#"{"type":"nick","name":"alice"}"#),
-            text(2, r#"{"type":"who"}"#),
-            text(2, r#"{"type":"ping","text":null}"#),
+            say(1, r#"{"type":"nick","name":"alice"}"#),
+            say(2, r#"{"type":"who"}"#),
+            say(2, r#"{"type":"ping","text":null}"#),
         ],
     );
+}
+
+#[test]
+fn acks_ids_dms_and_too_large_on_a_known_session() {
+    let transcript = chat_model::run(
+        Settings { max_frame_bytes: 300, ..Settings::default() },
+        &[
+            Op::Open { slot: 0, target: "/?name=alice&room=a".into() },
+            Op::Open { slot: 1, target: "/?name=bob&room=b".into() },
+            say(0, r#"{"type":"message","text":"hi","id":"m1"}"#),
+            say(0, r#"{"type":"dm","to":"bob","text":"psst","id":"d1"}"#),
+            say(0, r#"{"type":"dm","to":"zed","text":"?","id":"d2"}"#),
+            say(0, &format!(r#"{{"type":"message","text":"{}","id":"big"}}"#, "\\u0001".repeat(40))),
+            say(0, &format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(65))),
+            say(0, r#"{"type":"ping","id":7}"#),
+            say(0, "plain"),
+            Op::DmSlot { slot: 1, to: 0, text: "back".into(), id: None },
+        ],
+    );
+    let to = |slot: usize| -> Vec<&Value> {
+        transcript.iter().filter(|(_, to, _)| *to == slot).map(|(_, _, event)| event).collect()
+    };
+    let alice: Vec<(&Value, &Value)> =
+        to(0)[1..].iter().map(|event| (&event["type"], &event["id"])).collect();
+    let null = Value::Null;
+    assert_eq!(
+        alice,
+        [
+            (&json!("ack"), &json!("m1")),
+            (&json!("ack"), &json!("d1")),
+            (&json!("error"), &json!("d2")),
+            (&json!("error"), &json!("big")),
+            (&json!("error"), &null),
+            (&json!("error"), &null),
+            (&json!("dm"), &null),
+        ]
+    );
+    assert_eq!(to(0)[1]["seq"], 1);
+    assert_eq!(to(0)[4]["code"], "too_large");
+    assert_eq!(to(0)[5]["code"], "invalid_id");
+    assert_eq!(
+        to(1).iter().map(|event| &event["type"]).collect::<Vec<_>>(),
+        [&json!("welcome"), &json!("dm")]
+    );
+}
+
+#[test]
+fn a_resume_from_0_with_the_right_epoch_gets_every_message_and_the_same_epoch() {
+    let mut ops = alice_says_three_and_leaves();
+    ops.push(reconnect(0, Since::Number(0), EpochAsk::Seen));
+    let transcript = chat_model::run(Settings::default(), &ops);
+    let welcome = last_step_to(&transcript, 0)[0];
+    assert_eq!((&welcome["recovered"], &welcome["seq"]), (&json!(true), &json!(3)));
+    assert_eq!(texts(welcome), ["m1", "m2", "m3"]);
+    assert_eq!(welcome["epoch"], first_snapshot_to(&transcript, 0)["epoch"], "the room was kept");
+    assert_eq!(welcome["history"][0]["seq"], 1);
+}
+
+#[test]
+fn a_resume_from_the_latest_seq_gets_nothing_and_is_recovered() {
+    let mut ops = alice_says_three_and_leaves();
+    ops.push(reconnect(0, Since::Seen(0), EpochAsk::Seen));
+    let transcript = chat_model::run(Settings::default(), &ops);
+    let welcome = last_step_to(&transcript, 0)[0];
+    assert_eq!((&welcome["recovered"], &welcome["history"]), (&json!(true), &json!([])));
+
+    // The same through a join, from another room.
+    let mut ops = alice_says_three_and_leaves();
+    ops.extend([
+        reconnect(0, Since::Absent, EpochAsk::Absent),
+        say(0, r#"{"type":"join","room":"elsewhere"}"#),
+    ]);
+    ops.push(Op::Rejoin {
+        slot: 0,
+        room: Some("r".into()),
+        ask: ask(Since::Seen(0), EpochAsk::Seen),
+        id: None,
+    });
+    let transcript = chat_model::run(Settings::default(), &ops);
+    let room = last_step_to(&transcript, 0)[0];
+    assert_eq!(
+        (&room["type"], &room["recovered"], &room["history"]),
+        (&json!("room"), &json!(true), &json!([]))
+    );
+}
+
+#[test]
+fn a_resume_ahead_of_the_room_is_not_recovered() {
+    let mut ops = alice_says_three_and_leaves();
+    ops.push(reconnect(0, Since::Seen(1), EpochAsk::Seen));
+    let transcript = chat_model::run(Settings::default(), &ops);
+    let welcome = last_step_to(&transcript, 0)[0];
+    assert_eq!(welcome["recovered"], false);
+    assert_eq!(texts(welcome), ["m1", "m2", "m3"], "the latest history instead");
+}
+
+#[test]
+fn a_since_that_is_not_a_whole_number_is_not_recovered_and_not_an_error() {
+    for junk in [json!("abc"), json!(-1), json!(1.5), json!("")] {
+        let mut ops = alice_says_three_and_leaves();
+        ops.push(reconnect(0, Since::Junk(junk.clone()), EpochAsk::Seen));
+        let transcript = chat_model::run(Settings::default(), &ops);
+        let events = last_step_to(&transcript, 0);
+        assert_eq!(events.len(), 1, "since={junk} in the query: a welcome and nothing else");
+        assert_eq!(events[0]["recovered"], false, "since={junk} in the query");
+
+        ops.push(Op::Rejoin {
+            slot: 0,
+            room: None,
+            ask: ask(Since::Junk(junk.clone()), EpochAsk::Seen),
+            id: None,
+        });
+        let transcript = chat_model::run(Settings::default(), &ops);
+        let events = last_step_to(&transcript, 0);
+        assert_eq!(events.len(), 1, "since={junk} in a join: a room event and nothing else");
+        assert_eq!(events[0]["recovered"], false, "since={junk} in a join");
+    }
+    // In a join, a number in a string is no number.
+    let mut ops = alice_says_three_and_leaves();
+    ops.push(reconnect(0, Since::Absent, EpochAsk::Absent));
+    ops.push(Op::Rejoin { slot: 0, room: None, ask: ask(Since::Junk(json!("3")), EpochAsk::Seen), id: None });
+    let transcript = chat_model::run(Settings::default(), &ops);
+    assert_eq!(last_step_to(&transcript, 0)[0]["recovered"], false);
+}
+
+#[test]
+fn a_room_that_never_had_a_message_resumes_from_0() {
+    let ops = [
+        Op::Open { slot: 0, target: "/?room=quiet".into() },
+        Op::Close { slot: 0 },
+        reconnect(0, Since::Seen(0), EpochAsk::Seen),
+    ];
+    let transcript = chat_model::run(Settings::default(), &ops);
+    let welcome = last_step_to(&transcript, 0)[0];
+    assert_eq!(
+        (&welcome["recovered"], &welcome["seq"], &welcome["history"]),
+        (&json!(true), &json!(0), &json!([]))
+    );
+}
+
+#[test]
+fn a_resume_after_the_room_expired_is_not_recovered_and_has_a_new_epoch() {
+    let settings = Settings { ttl_ms: 100, ..Settings::default() };
+    let mut ops = alice_says_three_and_leaves();
+    // Within the TTL the room is still there; the wake-up after it drops the room.
+    ops.extend([Op::Wait { ms: 90 }, Op::Wait { ms: 20 }, reconnect(0, Since::Seen(0), EpochAsk::Seen)]);
+    let transcript = chat_model::run(settings, &ops);
+    let welcome = last_step_to(&transcript, 0)[0];
+    assert_eq!(
+        (&welcome["recovered"], &welcome["seq"], &welcome["history"]),
+        (&json!(false), &json!(0), &json!([]))
+    );
+    assert_ne!(welcome["epoch"], first_snapshot_to(&transcript, 0)["epoch"]);
+}
+
+#[test]
+fn a_zero_ttl_drops_the_room_with_its_last_member() {
+    let mut ops = alice_says_three_and_leaves();
+    ops.push(reconnect(0, Since::Seen(0), EpochAsk::Seen));
+    let transcript = chat_model::run(Settings { ttl_ms: 0, ..Settings::default() }, &ops);
+    assert_eq!(last_step_to(&transcript, 0)[0]["recovered"], false);
 }
 
 #[test]
@@ -781,9 +1185,14 @@ fn a_head_of_exactly_16_kib_is_complete_and_one_byte_more_is_431() {
 
 #[test]
 fn duplicate_request_fields_are_bad_json() {
-    assert_eq!(parsed(r#"{"type":"who","type":"ping"}"#), Parsed::Error("bad_json".into()));
-    assert_eq!(parsed(r#"{"type":"nick","name":"a","name":"b"}"#), Parsed::Error("bad_json".into()));
+    let bad_json = (None, Meaning::Error("bad_json".into()));
+    assert_eq!(parsed(r#"{"type":"who","type":"ping"}"#), bad_json);
+    assert_eq!(parsed(r#"{"type":"nick","name":"a","name":"b"}"#), bad_json);
+    assert_eq!(parsed(r#"{"type":"join","room":"r","since":1,"since":2}"#), bad_json);
 }
+
+/// The default `--max-send-buffer`.
+const DEFAULT_MAX_SEND_BUFFER: usize = 1024 * 1024;
 
 /// Records the size of every frame the chat sends, per connection.
 #[derive(Default)]
@@ -801,23 +1210,32 @@ impl wschat::handler::Outbox for SizeRecorder {
     fn unix_time_ms(&self) -> u64 {
         0
     }
+
+    fn max_frame_bytes(&self) -> usize {
+        DEFAULT_MAX_SEND_BUFFER
+    }
+
+    fn wake_at(&mut self, _unix_ms: u64) {}
 }
 
 /// Regression (found by reading, reproduced against the server): the welcome carries the whole
 /// room history in one frame, and a JSON-escaped control character takes 6 bytes, so three
-/// 60 000-byte messages of `\u{1}` (or 17 plain 64 KiB ones) make every later newcomer's
-/// welcome over 1 MiB, the default `--max-send-buffer`: tungstenite refuses the frame
-/// (`WriteBufferFull`) and the newcomer is closed with 1008 "send buffer full" before it sees
-/// anything. One member can make a room unjoinable. Ignored until the history is bounded in
-/// bytes (see the fuzz README's report).
+/// 60 000-byte messages of `\u{1}` (or 17 plain 64 KiB ones) made every later newcomer's welcome
+/// over 1 MiB, the default `--max-send-buffer`, and the newcomer was closed with 1008 "send
+/// buffer full" before it saw anything. Fixed by bounding each room's history in bytes
+/// (`DEFAULT_HISTORY_BYTES`).
 #[test]
 fn a_welcome_fits_in_the_default_send_buffer_whatever_the_history() {
     use wschat::handler::{Handler, Message};
-    const DEFAULT_MAX_SEND_BUFFER: usize = 1024 * 1024;
     let (mut chat, mut out) = (wschat::Chat::new(50), SizeRecorder::default());
     chat.on_open(mio::Token(0), "/?name=mallory&room=poison", &mut out);
-    for _ in 0..3 {
-        chat.on_message(mio::Token(0), Message::text("\u{1}".repeat(60_000)), &mut out);
+    for size in [60_000, 40_000, 30_000, 20_000] {
+        for _ in 0..3 {
+            chat.on_message(mio::Token(0), Message::text("\u{1}".repeat(size)), &mut out);
+        }
+    }
+    for _ in 0..17 {
+        chat.on_message(mio::Token(0), Message::text("x".repeat(64 * 1024)), &mut out);
     }
     out.sizes.clear();
     chat.on_open(mio::Token(1), "/?name=bob&room=poison", &mut out);

@@ -1,19 +1,22 @@
-//! The chat's frame parser on arbitrary text (the input, lossily UTF-8): no panic, and a frame
-//! that does not start with `{` (after whitespace) is a message holding the whole frame, less one
-//! trailing line ending.
+//! The chat's frame parser on arbitrary text (the input, lossily UTF-8): no panic; a frame that
+//! does not start with `{` (after JSON's whitespace) is a message holding the whole frame, less
+//! one trailing line ending, and has no id; a kept id has at most 64 characters; every rejection
+//! says why.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wschat::chat::protocol::{Request, parse_request};
+use wschat::chat::protocol::{MAX_ID_CHARS, Parsed, Request, parse_request};
 
 fuzz_target!(|data: &[u8]| {
     let frame = String::from_utf8_lossy(data);
-    let result = parse_request(&frame);
-    if !frame.trim_start().starts_with('{') {
+    let Parsed { id, request } = parse_request(&frame);
+    if !frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
         let line = frame.strip_suffix('\n').map_or(&*frame, |line| line.strip_suffix('\r').unwrap_or(line));
-        assert!(matches!(&result, Ok(Request::Message { text }) if text == line));
+        assert!(matches!(&request, Ok(Request::Message { text }) if text == line));
+        assert!(id.is_none());
     }
-    if let Err(rejection) = result {
+    assert!(id.is_none_or(|id| id.chars().count() <= MAX_ID_CHARS));
+    if let Err(rejection) = request {
         assert!(!rejection.message.is_empty());
     }
 });
