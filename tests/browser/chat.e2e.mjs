@@ -532,7 +532,7 @@ step('closing a page shows "left"; a DM to the departed shows an error; reopenin
   await alice.getByTestId('dms').getByRole('button', { name: 'Reply to bob' }).first().click();
   await sendMessage(alice, text);
   await waitState(alice, text, 'failed', 'dms');
-  await waitNotice(alice, 'error', 'Error: ');
+  await noticesOf(alice, 'error', 'Error: ').filter({ hasText: 'direct message to bob' }).waitFor({ timeout: WAIT_MS });
   await alice.getByTestId('dm-close').click();
   const bob = await openChat('bob'); // same context: nickname + room come back from localStorage
   await waitMembers(bob, ['alice', 'bob']);
