@@ -118,11 +118,12 @@ pub fn parse_request(frame: &str) -> Parsed<'_> {
 
 impl<'a> Envelope<'a> {
     /// Sorts a well-formed JSON object into a request, or says what is wrong with it. The id is
-    /// kept either way, so that an error can echo it; an id that is too long is itself the error.
+    /// kept either way, so that an error can echo it; an id that is too long is itself the error
+    /// (and is echoed too: the client should be able to tell which request failed).
     fn understand(self) -> Parsed<'a> {
         if self.id.as_ref().is_some_and(|id| id.chars().count() > MAX_ID_CHARS) {
             let message = format!("an id has at most {MAX_ID_CHARS} characters");
-            return Parsed { id: None, request: Err(Rejection::new(ErrorCode::InvalidId, message)) };
+            return Parsed { id: self.id, request: Err(Rejection::new(ErrorCode::InvalidId, message)) };
         }
         let missing =
             |field: &str| Rejection::new(ErrorCode::MissingField, format!("missing field `{field}`"));
@@ -334,10 +335,8 @@ mod tests {
         );
         let frame = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(65));
         let too_long = parse_request(&frame);
-        assert_eq!(
-            (too_long.id, too_long.request.map_err(|rejection| rejection.code)),
-            (None, Err(ErrorCode::InvalidId))
-        );
+        assert_eq!(too_long.id.as_deref().map(str::len), Some(65), "echoed all the same");
+        assert_eq!(too_long.request.map_err(|rejection| rejection.code), Err(ErrorCode::InvalidId));
         assert_eq!(code_of(r#"{"type":"ping","id":7}"#), ErrorCode::BadJson);
     }
 
