@@ -887,7 +887,7 @@ pub fn ops_from_bytes(data: &[u8]) -> (Settings, Vec<Op>) {
     let (first, second, seed) =
         (bytes.next().unwrap_or(0), bytes.next().unwrap_or(0), bytes.next().unwrap_or(0));
     let settings = Settings {
-        history_limit: usize::from(first % 4),
+        history_limit: [0, 1, 3, 50][usize::from(first % 4)],
         ttl_ms: [0, 5, 50, 1_000][usize::from(first >> 2) % 4],
         max_frame_bytes: [1 << 20, 250, 400, 600][usize::from(second % 4)],
         history_bytes: [wschat::chat::DEFAULT_HISTORY_BYTES, 200, 400, 800][usize::from(second >> 2) % 4],
@@ -906,6 +906,11 @@ fn chunk(bytes: &mut impl Iterator<Item = u8>) -> String {
     let length = usize::from(bytes.next().unwrap_or(0) % 48);
     let raw: Vec<u8> = bytes.take(length).collect();
     String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The room to resume: the one the client was last in if the next byte is even, else a chunk.
+fn room_from(bytes: &mut impl Iterator<Item = u8>) -> Option<String> {
+    (bytes.next().unwrap_or(0) % 2 == 1).then(|| chunk(bytes))
 }
 
 /// An id from one byte: none, short, exactly 64 characters, 65 (too long), or not a string.
@@ -961,18 +966,11 @@ fn decode_op(kind: u8, slot: usize, bytes: &mut impl Iterator<Item = u8>) -> Op 
         7 => Op::Close { slot },
         8 => {
             let ask = ask_from(bytes.next().unwrap_or(0));
-            let room = chunk(bytes);
-            Op::Reconnect { slot, name: None, room: (!room.is_empty()).then_some(room), ask }
+            Op::Reconnect { slot, name: None, room: room_from(bytes), ask }
         }
         9 => {
             let choice = bytes.next().unwrap_or(0);
-            let room = chunk(bytes);
-            Op::Rejoin {
-                slot,
-                room: (!room.is_empty()).then_some(room),
-                ask: ask_from(choice),
-                id: id_from(choice >> 5),
-            }
+            Op::Rejoin { slot, room: room_from(bytes), ask: ask_from(choice), id: id_from(choice >> 5) }
         }
         10 => {
             let choice = bytes.next().unwrap_or(0);
