@@ -8,17 +8,17 @@
 #[path = "../fuzz/chat_model.rs"]
 mod chat_model;
 
-use chat_model::{Ask, EpochAsk, Op, SLOTS, Settings, Since, Transcript, with_id};
+use chat_model::{Ask, EpochAsk, Op, SLOTS, START_MS, Settings, Since, Transcript, with_id};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{Map, Value, json};
-use wschat::chat::DEFAULT_HISTORY_BYTES;
 use wschat::chat::protocol::{MAX_ID_CHARS, Parsed, Request, UpgradeQuery, parse_request};
+use wschat::chat::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MEMORY};
 use wschat::http::{MAX_HEAD_BYTES, Parse, check_upgrade, parse_head};
 
-/// Cases per property: `default`, tuned to keep the file near 1 s in release and 6 s in debug;
-/// `PROPTEST_CASES=N` overrides it for a deeper run.
+/// Cases per property: `default`, tuned to keep the file near 2 s in release on two cores (the
+/// chat sessions take most of it); `PROPTEST_CASES=N` overrides it for a deeper run.
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(default)
 }
@@ -856,7 +856,7 @@ fn target() -> impl Strategy<Value = String> {
 
 fn frame() -> impl Strategy<Value = String> {
     prop_oneof![
-        4 => (text(), prop::option::of(id()))
+        8 => (text(), prop::option::of(id()))
             .prop_map(|(text, id)| with_id(json!({"type": "message", "text": text}), id)),
         2 => "[^{ ].{0,12}",
         1 => "[^{ \t\r\n][\u{1}x\"]{50,300}",
@@ -900,19 +900,16 @@ fn settings() -> impl Strategy<Value = Settings> {
         prop_oneof![1 => Just(DEFAULT_HISTORY_BYTES), 2 => 150..800usize],
         prop_oneof![1 => Just(0u64), 2 => 1..40u64, 2 => Just(1_000u64)],
         prop_oneof![1 => Just(1usize << 20), 3 => 200..600usize],
+        prop_oneof![1 => Just(DEFAULT_HISTORY_MEMORY), 1 => 200..1_500usize],
         any::<u64>(),
     )
-        .prop_map(|(history_limit, history_bytes, ttl_ms, max_frame_bytes, seed)| Settings {
-            history_limit,
-            history_bytes,
-            ttl_ms,
-            max_frame_bytes,
-            seed,
+        .prop_map(|(history_limit, history_bytes, ttl_ms, max_frame_bytes, history_memory, seed)| {
+            Settings { history_limit, history_bytes, ttl_ms, max_frame_bytes, history_memory, seed }
         })
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(512), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(2048), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Random opens, resumes, frames, DMs, closes and waits: the chat sends exactly what the
     /// rules say, only to open connections, only JSON objects with a string `type`; names stay
@@ -1170,6 +1167,63 @@ fn a_zero_ttl_drops_the_room_with_its_last_member() {
     ops.push(reconnect(0, Since::Seen(0), EpochAsk::Seen));
     let transcript = chat_model::run(Settings { ttl_ms: 0, ..Settings::default() }, &ops);
     assert_eq!(last_step_to(&transcript, 0)[0]["recovered"], false);
+}
+
+#[test]
+fn a_message_exactly_as_large_as_the_history_budget_is_kept_and_one_byte_more_is_not() {
+    // Alice's message events in room `r`, less their text: the timestamp has 13 digits.
+    let empty =
+        json!({"type":"message","room":"r","seq":1,"from":{"id":1,"name":"alice"},"text":"","ts":START_MS});
+    let settings = Settings { history_bytes: empty.to_string().len() + 10, ..Settings::default() };
+    for (text, kept) in [("x".repeat(10), true), ("x".repeat(11), false)] {
+        let ops = [
+            Op::Open { slot: 0, target: "/?name=alice&room=r".into() },
+            say(0, &text),
+            Op::Open { slot: 1, target: "/?room=r".into() },
+        ];
+        let transcript = chat_model::run(settings, &ops);
+        assert_eq!(texts(last_step_to(&transcript, 1)[0]).len(), usize::from(kept), "{} bytes", text.len());
+    }
+}
+
+#[test]
+fn past_the_memory_bound_the_room_empty_longest_goes_first_then_the_largest_history_is_halved() {
+    // Each message event takes about 100 bytes, each room kept empty is charged 256.
+    let settings = Settings { history_memory: 1_000, ttl_ms: 60_000, ..Settings::default() };
+    let mut ops = Vec::new();
+    for (slot, room) in [(0, "old"), (1, "newer"), (2, "busy")] {
+        ops.push(Op::Open { slot, target: format!("/?room={room}") });
+        ops.extend((0..3).map(|number| say(slot, &format!("{room} {number}"))));
+        if room != "busy" {
+            ops.push(Op::Close { slot });
+        }
+    }
+    ops.extend([
+        reconnect(0, Since::Number(0), EpochAsk::Seen),
+        reconnect(1, Since::Number(0), EpochAsk::Seen),
+    ]);
+    // Then `busy` alone outgrows the bound: its older half goes, its epoch stays.
+    ops.extend((3..12).map(|number| say(2, &format!("busy {number}"))));
+    ops.push(Op::Rejoin { slot: 2, room: None, ask: ask(Since::Number(11), EpochAsk::Seen), id: None });
+    ops.push(Op::Rejoin { slot: 2, room: None, ask: ask(Since::Number(0), EpochAsk::Seen), id: None });
+    let transcript = chat_model::run(settings, &ops);
+    let snapshots: Vec<&Value> = transcript
+        .iter()
+        .filter(|(_, _, event)| event.get("recovered").is_some())
+        .map(|(_, _, event)| event)
+        .collect();
+    let outcome: Vec<(&Value, &Value)> =
+        snapshots.iter().map(|event| (&event["room"], &event["recovered"])).collect();
+    assert_eq!(
+        outcome,
+        [
+            (&json!("old"), &json!(false)),
+            (&json!("newer"), &json!(true)),
+            (&json!("busy"), &json!(true)),
+            (&json!("busy"), &json!(false)),
+        ]
+    );
+    assert!(texts(snapshots[3]).len() < 12, "the older half of busy's history is gone");
 }
 
 #[test]
