@@ -10,7 +10,9 @@
 //! invariants that hold whatever the rules:
 //! - every `send` goes to a connection that is open (opened, and `on_close` not yet called), so a
 //!   closed connection never receives anything after its `on_close`;
-//! - every message sent is a text frame holding a JSON object with a string `type`;
+//! - every message sent is a text frame holding a JSON object with a string `type`, its fields
+//!   in the order the protocol shows them; history entries are byte for byte the `message`
+//!   events members received;
 //! - names are unique among open connections (as the model, kept in step with the events, sees
 //!   them), and the chat's member, room, kept-room and history-byte counts match the model's;
 //! - while a room is kept without members, a wake-up is pending no later than its expiry.
@@ -29,6 +31,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use mio::Token;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use wschat::Chat;
 use wschat::chat::protocol::{MAX_ID_CHARS, Parsed, Request, Resume, UpgradeQuery, parse_request};
@@ -164,6 +167,68 @@ struct CheckingOutbox {
     max_frame_bytes: usize,
     /// The wake-up asked for last, until it is delivered: a new request replaces the old one.
     wake: Option<u64>,
+    /// The text of every `message` event sent, by its content: a history entry must be the very
+    /// bytes its room's members received.
+    message_texts: HashMap<String, String>,
+}
+
+/// The order in which the README and the protocol additions show each event's fields, which is
+/// the order the server sends them in; the optional ones may be left out.
+fn documented_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "welcome" => &["type", "id", "name", "room", "epoch", "seq", "users", "history", "recovered"],
+        "room" => &["type", "room", "epoch", "seq", "users", "history", "recovered"],
+        "message" => &["type", "room", "seq", "from", "text", "ts"],
+        "ack" => &["type", "id", "seq", "ts"],
+        "dm" => &["type", "from", "to", "text", "ts"],
+        "joined" | "left" => &["type", "room", "user"],
+        "nick" => &["type", "id", "old", "name"],
+        "users" => &["type", "room", "users"],
+        "error" => &["type", "code", "message", "id"],
+        _ => &["type"],
+    }
+}
+
+/// A JSON object's top-level fields in the order its text has them, with their raw values.
+fn fields_in_order(text: &str) -> Vec<(&str, &RawValue)> {
+    let fields: HashMap<&str, &RawValue> =
+        serde_json::from_str(text).unwrap_or_else(|error| panic!("not a JSON object ({error}): {text}"));
+    let mut fields: Vec<_> = fields.into_iter().collect();
+    // The raw values borrow from `text`, so where they start says where their fields are.
+    fields.sort_by_key(|(_, raw)| raw.get().as_ptr() as usize - text.as_ptr() as usize);
+    fields
+}
+
+/// Checks that the fields of an event of type `kind` come in the documented order.
+fn check_field_order(kind: &str, fields: &[(&str, &RawValue)], text: &str) {
+    let keys: Vec<&str> = fields.iter().map(|(key, _)| *key).collect();
+    let documented: Vec<&str> =
+        documented_fields(kind).iter().copied().filter(|field| keys.contains(field)).collect();
+    assert_eq!(keys, documented, "fields out of the documented order: {text}");
+}
+
+impl CheckingOutbox {
+    /// Checks the order of the event's fields and, for a snapshot, that each history entry is
+    /// byte for byte the `message` event members received (when anyone did).
+    fn check_text(&mut self, kind: &str, value: &Value, text: &str) {
+        let fields = fields_in_order(text);
+        check_field_order(kind, &fields, text);
+        if kind == "message" {
+            let sent = self.message_texts.entry(value.to_string()).or_insert_with(|| text.to_owned());
+            assert_eq!(sent, text, "one message event sent as two texts");
+        }
+        let history = fields.iter().find(|(key, _)| *key == "history").filter(|_| kind != "message");
+        if let Some((_, history)) = history {
+            let entries: Vec<&RawValue> = serde_json::from_str(history.get()).expect("a history is a list");
+            for entry in entries.iter().map(|entry| entry.get()) {
+                check_field_order("message", &fields_in_order(entry), entry);
+                let content = serde_json::from_str::<Value>(entry).expect("JSON").to_string();
+                if let Some(sent) = self.message_texts.get(&content) {
+                    assert_eq!(sent, entry, "a history entry differs from the event members received");
+                }
+            }
+        }
+    }
 }
 
 impl Outbox for CheckingOutbox {
@@ -174,10 +239,10 @@ impl Outbox for CheckingOutbox {
         };
         let value: Value = serde_json::from_str(text)
             .unwrap_or_else(|error| panic!("the chat sent invalid JSON to {to:?} ({error}): {text:?}"));
-        assert!(
-            value.get("type").is_some_and(Value::is_string),
-            "the chat sent an object without a string `type` to {to:?}: {text}"
-        );
+        let Some(kind) = value.get("type").and_then(Value::as_str) else {
+            panic!("the chat sent an object without a string `type` to {to:?}: {text}")
+        };
+        self.check_text(kind, &value, text);
         self.sent.push((to, value));
     }
 
@@ -838,6 +903,7 @@ pub fn run(settings: Settings, ops: &[Op]) -> Transcript {
         now: START_MS,
         max_frame_bytes: settings.max_frame_bytes,
         wake: None,
+        message_texts: HashMap::new(),
     };
     let mut clients = vec![Client::default(); SLOTS];
     let mut transcript = Transcript::new();
