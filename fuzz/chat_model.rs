@@ -1,7 +1,8 @@
-//! A reference model of the chat rules (README, "Protocol"; `/tmp/spec/protocol-additions.md`
-//! for seqs, epochs, resuming, ids, DMs and kept rooms) and a checking `Outbox`, shared by the
-//! `chat_session` fuzz target and `tests/parsers_proptest.rs` (included there with `#[path]`), so
-//! both drive `wschat::Chat` through the same checks.
+//! A reference model of the chat rules (README, "Protocol": rooms and names, seqs and epochs,
+//! resuming, ids and acks, DMs, the errors, rooms kept for `--history-ttl` within
+//! `--history-memory`) and a checking `Outbox`, shared by the `chat_session` fuzz target and
+//! `tests/parsers_proptest.rs` (included there with `#[path]`), so both drive `wschat::Chat`
+//! through the same checks.
 //!
 //! [`run`] plays a sequence of [`Op`]s on a `Chat` the way the reactor would (on_open once per
 //! connection, on_message and on_close only while it is open, `on_close` after any `Outbox::close`,
@@ -172,8 +173,9 @@ struct CheckingOutbox {
     message_texts: HashMap<String, String>,
 }
 
-/// The order in which the README and the protocol additions show each event's fields, which is
-/// the order the server sends them in; the optional ones may be left out.
+/// The order in which the README shows each event's fields, which is the order the server sends
+/// them in (clients and the benchmark's exact-frame checks may rely on it); the optional ones may
+/// be left out.
 fn documented_fields(kind: &str) -> &'static [&'static str] {
     match kind {
         "welcome" => &["type", "id", "name", "room", "epoch", "seq", "users", "history", "recovered"],
@@ -282,16 +284,26 @@ struct Room {
     epoch: Option<String>,
     /// The seq of its latest message, 0 before the first.
     seq: u64,
-    /// Kept `message` events with their seq and JSON size, oldest first.
-    history: VecDeque<(u64, Value, usize)>,
+    /// The kept messages, oldest first.
+    history: VecDeque<Kept>,
     /// While it has no members: when the last one left, and how many rooms were emptied
     /// before (rooms emptied in the same millisecond go in that order).
     emptied: Option<(u64, u64)>,
 }
 
+/// A message in a room's history.
+#[derive(Debug)]
+struct Kept {
+    seq: u64,
+    /// The `message` event, as members received it.
+    event: Value,
+    /// Its JSON's length, which the history's byte bounds count.
+    size: usize,
+}
+
 impl Room {
     fn history_bytes(&self) -> usize {
-        self.history.iter().map(|(_, _, size)| size).sum()
+        self.history.iter().map(|kept| kept.size).sum()
     }
 
     /// Forgets the oldest messages until at most `bytes` are kept.
@@ -302,7 +314,7 @@ impl Room {
     }
 
     fn latest(&self) -> Vec<Value> {
-        self.history.iter().map(|(_, event, _)| event.clone()).collect()
+        self.history.iter().map(|kept| kept.event.clone()).collect()
     }
 
     /// Keeps message `seq` if the limits let it, forgetting the oldest to stay within them. A
@@ -311,7 +323,7 @@ impl Room {
         if settings.history_limit == 0 || size > settings.history_bytes {
             return;
         }
-        self.history.push_back((seq, event, size));
+        self.history.push_back(Kept { seq, event, size });
         while self.history.len() > settings.history_limit || self.history_bytes() > settings.history_bytes {
             self.history.pop_front();
         }
@@ -323,12 +335,8 @@ impl Room {
         if since > self.seq {
             return None;
         }
-        let missed: Vec<Value> = self
-            .history
-            .iter()
-            .filter(|(seq, _, _)| *seq > since)
-            .map(|(_, event, _)| event.clone())
-            .collect();
+        let missed: Vec<Value> =
+            self.history.iter().filter(|kept| kept.seq > since).map(|kept| kept.event.clone()).collect();
         (missed.len() as u64 == self.seq - since).then_some(missed)
     }
 
@@ -347,7 +355,7 @@ impl Room {
     }
 }
 
-/// The chat as the README and the protocol additions describe it.
+/// The chat as the README's "Protocol" section describes it.
 struct Model {
     settings: Settings,
     next_id: u64,
@@ -404,7 +412,7 @@ fn room_ok(room: &str) -> bool {
     (1..=64).contains(&length) && !room.trim().is_empty() && !room.chars().any(char::is_control)
 }
 
-/// An epoch as the protocol additions describe it: 8 characters of `[a-z0-9]`.
+/// An epoch as the protocol has it: 8 lower-case letters and digits.
 fn epoch_shape_ok(epoch: &str) -> bool {
     epoch.len() == 8 && epoch.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
@@ -556,8 +564,9 @@ impl Model {
         let id = self.next_id;
         self.next_id += 1;
         // The decoding (percent escapes, `+`, the last of a repeated parameter winning) is
-        // form_urlencoded's, so the model uses the server's own query reader; a `property` in
-        // tests/parsers_proptest.rs checks that reader on its own.
+        // form_urlencoded's, so the model uses the server's own query reader, which
+        // `the_upgrade_query_decodes_name_room_since_and_epoch` (tests/parsers_proptest.rs)
+        // checks on its own.
         let query = UpgradeQuery::parse(target);
         let mut problems = Vec::new();
         let name = match query.name {

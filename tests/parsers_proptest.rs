@@ -521,7 +521,7 @@ fn meaning(frame: &str) -> Meaning {
     parsed(frame).1
 }
 
-/// What the README and the protocol additions say a JSON object frame means.
+/// What the README's "Protocol" section says a JSON object frame means.
 fn documented_meaning(object: &Map<String, Value>) -> (Option<String>, Meaning) {
     let error = |code: &str| Meaning::Error(code.to_owned());
     // `type`, `id`, `text`, `name`, `room` and `to` must be strings when present (null counts as
