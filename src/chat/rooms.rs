@@ -192,9 +192,11 @@ impl Rooms {
             }
             // A scan of every room, but a rare one: it frees half of the largest history, so the
             // next is due only once that much more history has been written.
-            let Some(largest) = self.rooms.values_mut().max_by_key(|room| room.history.bytes()) else {
-                break;
-            };
+            // Ties go to the first name, so the choice never depends on the table's order.
+            let largest = self.rooms.iter_mut().max_by(|(name, room), (other_name, other)| {
+                room.history.bytes().cmp(&other.history.bytes()).then_with(|| other_name.cmp(name))
+            });
+            let Some((_, largest)) = largest else { break };
             let before = largest.history.bytes();
             if before == 0 {
                 break;
