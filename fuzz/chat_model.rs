@@ -23,11 +23,9 @@
 //! `room` event that shows it, then expects that one for as long as the incarnation lives, and a
 //! different one from any earlier incarnation of the same room.
 //!
-//! The memory bound across rooms (`with_history_memory`) is modelled too, but for one case: when
-//! the chat must halve the largest history and two tie, which it picks is up to its `HashMap`'s
-//! iteration order; the model then stops comparing events for the rest of the session and checks
-//! only what it still knows (names, members, occupied rooms). Rate limits are off.
+//! Rate limits are off (not modelled).
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
@@ -365,10 +363,6 @@ struct Model {
     past_epochs: HashMap<String, Vec<String>>,
     /// Rooms emptied so far, to order those emptied in the same millisecond.
     emptyings: u64,
-    /// Set once the memory bound made the chat halve one of two equal histories: from then on
-    /// the model cannot say which rooms hold what, and the session is checked only for the
-    /// invariants that hold whatever the rules.
-    untracked: bool,
     /// What the chat must send in the current step, in order, per slot.
     expected: Vec<(usize, Value)>,
 }
@@ -426,7 +420,6 @@ impl Model {
             rooms: HashMap::new(),
             past_epochs: HashMap::new(),
             emptyings: 0,
-            untracked: false,
             expected: Vec::new(),
         }
     }
@@ -463,8 +456,7 @@ impl Model {
 
     /// Past the memory bound (history, plus a charge for each room kept empty): the rooms empty
     /// longest go first, history, epoch and all; then, while every room left has members, the
-    /// largest history loses its older half. When two histories tie for largest, which one the
-    /// chat halves depends on its `HashMap`'s order: the model loses track (see `untracked`).
+    /// largest history loses its older half (of two as large, the first room by name's).
     fn enforce_memory(&mut self) {
         let used = |model: &Model| model.history_bytes() + KEPT_ROOM_CHARGE * model.kept_empty();
         while used(self) > self.settings.history_memory {
@@ -475,18 +467,10 @@ impl Model {
                 self.rooms.remove(&name);
                 continue;
             }
-            let largest = self.rooms.values().map(Room::history_bytes).max().unwrap_or(0);
-            if largest == 0 {
-                break;
-            }
-            let mut tied = self.rooms.values_mut().filter(|room| room.history_bytes() == largest);
-            match (tied.next(), tied.next()) {
-                (Some(room), None) => room.trim_to(largest / 2),
-                _ => {
-                    self.untracked = true;
-                    return;
-                }
-            }
+            let largest =
+                self.rooms.iter_mut().min_by_key(|(name, room)| (Reverse(room.history_bytes()), *name));
+            let Some((_, room)) = largest.filter(|(_, room)| room.history_bytes() > 0) else { break };
+            room.trim_to(room.history_bytes() / 2);
         }
     }
 
@@ -965,11 +949,7 @@ pub fn run(settings: Settings, ops: &[Op]) -> Transcript {
         assert!(out.closes.is_empty(), "{context}: on_close asked for a close");
 
         let received = received(&mut out);
-        if model.untracked {
-            model.expected.clear();
-        } else {
-            compare(&context, &mut model, &received);
-        }
+        compare(&context, &mut model, &received);
         for (slot, events) in received.into_iter().enumerate() {
             for event in events {
                 clients[slot].hear(&event);
@@ -1006,9 +986,6 @@ fn check_invariants(context: &str, chat: &Chat, model: &Model, out: &CheckingOut
     assert_eq!(names.len(), model.members.len(), "{context}: names are not unique: {:?}", model.members);
     assert_eq!(chat.member_count(), model.members.len(), "{context}: member count");
     assert_eq!(chat.room_count(), model.occupied_rooms(), "{context}: rooms with members");
-    if model.untracked {
-        return;
-    }
     assert_eq!(chat.rooms_kept_empty(), model.kept_empty(), "{context}: rooms kept empty");
     assert_eq!(chat.history_bytes(), model.history_bytes(), "{context}: history bytes");
     if let Some(expiry) = model.next_expiry() {

@@ -1227,6 +1227,27 @@ fn past_the_memory_bound_the_room_empty_longest_goes_first_then_the_largest_hist
 }
 
 #[test]
+fn of_two_histories_as_large_the_first_room_by_name_loses_its_older_half() {
+    // Two rooms alike but for their names, each with two messages of 94 bytes: 376 bytes, one
+    // over the bound once the second room has its second message.
+    let settings = Settings { history_memory: 4 * 94 - 1, ..Settings::default() };
+    let ops = [
+        Op::Open { slot: 0, target: "/?name=x&room=b".into() },
+        Op::Open { slot: 1, target: "/?name=y&room=a".into() },
+        say(0, "m"),
+        say(1, "m"),
+        say(0, "n"),
+        say(1, "n"),
+        Op::Open { slot: 2, target: "/?room=a".into() },
+        Op::Open { slot: 3, target: "/?room=b".into() },
+    ];
+    let transcript = chat_model::run(settings, &ops);
+    let welcome_to =
+        |slot| transcript.iter().find(|(_, to, _)| *to == slot).map(|(_, _, event)| event).unwrap();
+    assert_eq!((texts(welcome_to(2)), texts(welcome_to(3))), (vec!["n"], vec!["m", "n"]));
+}
+
+#[test]
 fn a_head_of_exactly_16_kib_is_complete_and_one_byte_more_is_431() {
     let mut head = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
     head.resize(MAX_HEAD_BYTES - 4, b'p');
