@@ -876,6 +876,7 @@ fn frame() -> impl Strategy<Value = String> {
 
 fn op() -> impl Strategy<Value = Op> {
     let slot = || 0..SLOTS;
+    // Mostly `None`: the room the client was last in, as a page resumes it.
     let same_or = |rooms| prop_oneof![2 => Just(None), 1 => prop::option::of(rooms)];
     prop_oneof![
         2 => (slot(), target()).prop_map(|(slot, target)| Op::Open { slot, target }),
@@ -909,7 +910,7 @@ fn settings() -> impl Strategy<Value = Settings> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(2048), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(4096), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Random opens, resumes, frames, DMs, closes and waits: the chat sends exactly what the
     /// rules say, only to open connections, only JSON objects with a string `type`; names stay
