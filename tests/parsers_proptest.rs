@@ -17,7 +17,7 @@ use wschat::chat::protocol::{MAX_ID_CHARS, Parsed, Request, UpgradeQuery, parse_
 use wschat::chat::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MEMORY};
 use wschat::http::{MAX_HEAD_BYTES, Parse, check_upgrade, parse_head};
 
-/// Cases per property: `default`, tuned to keep the file near 2 s in release on two cores (the
+/// Cases per property: `default`, tuned to keep the file under 3 s in release on two cores (the
 /// chat sessions take most of it); `PROPTEST_CASES=N` overrides it for a deeper run.
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(default)
