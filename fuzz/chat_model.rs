@@ -633,6 +633,8 @@ impl Model {
                 self.expect(slot, event);
             }
             Request::Ping => self.expect(slot, json!({"type": "pong"})),
+            // The modelled chat has no token secret.
+            Request::Auth { .. } => self.reject(slot, "unauthorized", id),
         }
     }
 

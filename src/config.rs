@@ -2,90 +2,121 @@
 //! them with clap; tests and the echo example build them in code.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use log::LevelFilter;
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::auth::AuthMode;
+use crate::proxy::IpNet;
+
 /// wschat: a WebSocket chat server on a single-threaded epoll reactor.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "wschat", version, about)]
 pub struct Config {
     /// Address to listen on. Port 0 picks a free port; the log says which.
-    #[arg(long, default_value = "127.0.0.1:9001", value_name = "ADDR:PORT")]
+    #[arg(long, default_value = "127.0.0.1:9001", value_name = "ADDR:PORT", env = "WSCHAT_BIND")]
     pub bind: SocketAddr,
 
     /// Chat messages kept per room and shown to members who join it.
-    #[arg(long, default_value_t = 50, value_name = "N")]
+    #[arg(long, default_value_t = 50, value_name = "N", env = "WSCHAT_HISTORY")]
     pub history: usize,
 
     /// Seconds a room's history, sequence and epoch are kept after its last member leaves, so that
     /// members can resume it after a reconnect. 0 drops them with the last member.
-    #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_seconds_or_zero)]
+    #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_seconds_or_zero, env = "WSCHAT_HISTORY_TTL")]
     pub history_ttl: Duration,
 
     /// Most bytes of history kept across all rooms; past it, the rooms empty longest are dropped
     /// first, then the largest histories are shortened.
-    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES", env = "WSCHAT_HISTORY_MEMORY")]
     pub history_memory: usize,
 
     /// Largest message (and frame) a client may send; larger ones close the connection with 1009.
-    #[arg(long, default_value_t = 64 * 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 64 * 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "WSCHAT_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: u32,
 
     /// Most WebSocket connections at once; past it, new clients get HTTP 503.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(long, default_value_t = 10_000, value_name = "N", env = "WSCHAT_MAX_CONNECTIONS")]
     pub max_connections: usize,
 
     /// Most bytes queued for one client that is not reading; past it, the client is disconnected.
-    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..))]
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..), env = "WSCHAT_MAX_SEND_BUFFER")]
     pub max_send_buffer: u32,
 
     /// The kernel's send buffer for each client socket (SO_SNDBUF; Linux reserves twice this for
     /// its bookkeeping): what a client that stops reading can hold in kernel memory, on top of
     /// `--max-send-buffer` in the server's. 0 leaves it to the kernel's autotuning (up to 4 MiB a
     /// socket with Linux's defaults).
-    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES", env = "WSCHAT_SOCKET_SEND_BUFFER")]
     pub socket_send_buffer: usize,
 
     /// Frames per second each client may send (a token bucket holding two seconds' worth);
     /// frames over it are dropped and answered with a `rate_limited` error. 0 turns it off.
-    #[arg(long, default_value_t = 0.0, value_name = "MSGS_PER_SEC", value_parser = parse_rate)]
+    #[arg(long, default_value_t = 0.0, value_name = "MSGS_PER_SEC", value_parser = parse_rate, env = "WSCHAT_RATE_LIMIT")]
     pub rate_limit: f64,
 
     /// Seconds a connection may stay silent before the server pings it (fractions allowed).
-    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_seconds, env = "WSCHAT_PING_INTERVAL")]
     pub ping_interval: Duration,
 
     /// Seconds to wait, after a ping, for anything at all from the client before dropping it.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds, env = "WSCHAT_PING_TIMEOUT")]
     pub ping_timeout: Duration,
 
     /// Seconds a new connection has to finish its HTTP request and WebSocket upgrade.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds, env = "WSCHAT_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Duration,
 
     /// Seconds to wait for the client's close frame after the server sent its own, and for a
     /// client to read an HTTP response, before dropping the socket.
-    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_seconds, env = "WSCHAT_CLOSE_TIMEOUT")]
     pub close_timeout: Duration,
 
     /// Seconds a graceful shutdown (SIGINT, SIGTERM) may take to close every connection.
-    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_seconds, env = "WSCHAT_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Duration,
 
     /// Most milliseconds output may be held back so that it goes out with more in one write.
     /// Writing is paced to take at most half the loop's time: after a round of writes that took
     /// 4 ms, the next waits until 8 ms after it began. Cheap rounds are never held back. 0
     /// writes at the end of every loop iteration.
-    #[arg(long, default_value_t = 10, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
+    #[arg(long, default_value_t = 10, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000), env = "WSCHAT_MAX_WRITE_DELAY_MS")]
     pub max_write_delay_ms: u64,
 
     /// Accept WebSocket upgrades only from this Origin (repeatable), e.g. `https://chat.example`.
     /// Without it every origin is accepted.
-    #[arg(long = "origin", value_name = "ORIGIN")]
+    #[arg(long = "origin", value_name = "ORIGIN", env = "WSCHAT_ORIGIN", value_delimiter = ',')]
     pub origins: Vec<String>,
+
+    /// A proxy (CIDR, e.g. `127.0.0.1/32`; repeatable) whose `Forwarded` or `X-Forwarded-For`
+    /// header names the client. Only when the TCP peer is inside one is the header read, right to
+    /// left, skipping trusted hops; from anyone else it is ignored. None by default.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", env = "WSCHAT_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Most WebSocket connections from one client address (behind a trusted proxy, the address
+    /// it forwarded); past it, an upgrade gets HTTP 429. 0 turns it off.
+    #[arg(long, default_value_t = 0, value_name = "N", env = "WSCHAT_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: usize,
+
+    /// Set SO_REUSEPORT on the listener, so several processes on one machine can listen on the
+    /// same address and the kernel spreads new connections over them.
+    #[arg(long, env = "WSCHAT_REUSE_PORT")]
+    pub reuse_port: bool,
+
+    /// A file holding the secret that signs tokens (JWT, HS256; the whole file, a trailing line
+    /// ending dropped). Turns on tokens: clients pass one as `?token=` on the upgrade. A file, not
+    /// a flag, so the secret is not in `ps`.
+    #[arg(long, value_name = "PATH", env = "WSCHAT_AUTH_SECRET_FILE")]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// With a secret: whether every client needs a valid token (`required`, the default) or
+    /// clients without one are guests (`optional`). A bad token gets 401 either way.
+    #[arg(long, value_name = "MODE", env = "WSCHAT_AUTH", requires = "auth_secret_file")]
+    pub auth: Option<AuthMode>,
 
     /// Bytes tungstenite reads per `read` call, allocated up front for every connection. Not a
     /// flag: 512 keeps an idle connection under 2 KiB in all and still reads a typical chat frame
@@ -94,7 +125,7 @@ pub struct Config {
     pub read_buffer_bytes: usize,
 
     /// Log level: off, error, warn, info, debug or trace.
-    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    #[arg(long, default_value = "info", value_name = "LEVEL", env = "WSCHAT_LOG_LEVEL")]
     pub log_level: LevelFilter,
 }
 
@@ -132,6 +163,13 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 /// The longest timeout or interval accepted.
 const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
+/// Parses a network in CIDR notation; a bare address is that one address.
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{text}` is not an address or a network such as 10.0.0.0/8"))
+}
+
 /// Parses a number of seconds that may also be 0.
 fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
@@ -165,6 +203,9 @@ mod tests {
         for bad in ["0", "-1", "abc", "NaN", "inf", "1e18"] {
             assert!(parse_seconds(bad).is_err(), "{bad} should be refused");
         }
+        assert_eq!(parse_cidr("10.0.0.0/8").map(|net| net.to_string()), Ok("10.0.0.0/8".to_owned()));
+        assert_eq!(parse_cidr("::1").map(|net| net.to_string()), Ok("::1/128".to_owned()));
+        assert!(parse_cidr("10.0.0.0/33").is_err() && parse_cidr("proxy").is_err());
         assert_eq!(parse_seconds_or_zero("0"), Ok(Duration::ZERO));
         assert_eq!(parse_seconds_or_zero("2.5"), Ok(Duration::from_millis(2500)));
         assert!(parse_seconds_or_zero("-1").is_err());

@@ -41,8 +41,23 @@ pub trait Outbox {
     fn wake_at(&mut self, unix_ms: u64);
 }
 
+/// Why a handler will not let an upgrade through: the whole HTTP response to send instead (a 401,
+/// say) and the reason, for the log.
+#[derive(Debug)]
+pub struct Refusal {
+    pub response: Vec<u8>,
+    pub reason: String,
+}
+
 /// An application on the reactor. Every call happens on the reactor's one thread.
 pub trait Handler {
+    /// An upgrade request passed the reactor's own checks (shape, origin, capacity, per-address
+    /// limit) and is about to be answered with 101. Refuse it here (for example with a 401 for a
+    /// missing token) and the client gets the refusal's response instead. `unix_ms` is now.
+    fn check_upgrade(&mut self, _request: &RequestHead, _unix_ms: u64) -> Result<(), Refusal> {
+        Ok(())
+    }
+
     /// A WebSocket handshake completed. `target` is the request-target of the upgrade request
     /// (path and query, e.g. `/chat?name=alice`).
     fn on_open<O: Outbox>(&mut self, connection: Token, target: &str, out: &mut O);

@@ -20,6 +20,11 @@ pub struct RequestHead {
     pub target: String,
     /// The `Origin` header, if any.
     pub origin: Option<String>,
+    /// Every `Forwarded` header's value, joined with commas in the order they came (RFC 7239
+    /// section 4: several headers are one list).
+    pub forwarded: Option<String>,
+    /// Likewise for `X-Forwarded-For`.
+    pub x_forwarded_for: Option<String>,
     /// Whether the request asks to become a WebSocket (`Upgrade: websocket`).
     pub wants_websocket: bool,
 }
@@ -29,6 +34,20 @@ impl RequestHead {
     pub fn path(&self) -> &str {
         self.target.split_once('?').map_or(&self.target, |(path, _)| path)
     }
+}
+
+/// A request-target fit for the log: the value of a `token` query parameter (a credential) is
+/// replaced, the rest kept as sent.
+pub fn redacted(target: &str) -> std::borrow::Cow<'_, str> {
+    let Some((path, query)) = target.split_once('?') else { return target.into() };
+    if !query.split('&').any(|pair| pair.starts_with("token=")) {
+        return target.into();
+    }
+    let pairs: Vec<&str> = query
+        .split('&')
+        .map(|pair| if pair.starts_with("token=") { "token=[redacted]" } else { pair })
+        .collect();
+    format!("{path}?{}", pairs.join("&")).into()
 }
 
 /// The result of parsing what has arrived so far.
@@ -75,7 +94,23 @@ pub fn parse_head(buffer: &[u8]) -> Parse {
         String::from_utf8_lossy(value).split(',').any(|token| token.trim().eq_ignore_ascii_case("websocket"))
     });
     let origin = header("origin").map(|value| String::from_utf8_lossy(value).into_owned());
-    let head = RequestHead { method: method.to_owned(), target: target.to_owned(), origin, wants_websocket };
+    let joined = |name: &str| {
+        let values: Vec<_> = request
+            .headers
+            .iter()
+            .filter(|header| header.name.eq_ignore_ascii_case(name))
+            .map(|header| String::from_utf8_lossy(header.value))
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    let head = RequestHead {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        origin,
+        forwarded: joined("forwarded"),
+        x_forwarded_for: joined("x-forwarded-for"),
+        wants_websocket,
+    };
     Parse::Complete { head, length }
 }
 
@@ -131,6 +166,12 @@ pub fn plain(status: u16, reason: &str, body: &str) -> Vec<u8> {
     response(status, reason, TEXT, &[], body.as_bytes())
 }
 
+/// The 401 an upgrade without a valid token gets (RFC 9110 section 15.5.2: with a challenge).
+pub fn unauthorized(why: &str) -> Vec<u8> {
+    let challenge = [("WWW-Authenticate", "Bearer realm=\"wschat\"")];
+    response(401, "Unauthorized", TEXT, &challenge, format!("{why}\n").as_bytes())
+}
+
 /// The 503 a client gets when the server is full, whether at `--max-connections` or at its
 /// socket or descriptor limit; `why` goes in the body.
 pub fn unavailable(why: &str) -> Vec<u8> {
@@ -159,7 +200,25 @@ mod tests {
         assert!(head.wants_websocket);
         assert_eq!(head.path(), "/chat");
         assert_eq!(head.origin.as_deref(), Some("http://x"));
+        assert_eq!((head.forwarded, head.x_forwarded_for), (None, None));
         assert!(check_upgrade(UPGRADE.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn tokens_never_reach_the_log() {
+        assert_eq!(redacted("/chat?name=a&token=eyJ.x.y&room=r"), "/chat?name=a&token=[redacted]&room=r");
+        assert_eq!(redacted("/?token=abc"), "/?token=[redacted]");
+        assert_eq!(redacted("/?tokens=1"), "/?tokens=1");
+        assert_eq!(redacted("/plain"), "/plain");
+    }
+
+    #[test]
+    fn repeated_forwarding_headers_are_one_list() {
+        let request = "GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3\r\n\
+            Forwarded: for=4.4.4.4\r\n\r\n";
+        let Parse::Complete { head, .. } = parse_head(request.as_bytes()) else { panic!("not complete") };
+        assert_eq!(head.x_forwarded_for.as_deref(), Some("1.1.1.1,2.2.2.2, 3.3.3.3"));
+        assert_eq!(head.forwarded.as_deref(), Some("for=4.4.4.4"));
     }
 
     #[test]

@@ -28,6 +28,8 @@
 //!   resume, DMs, routing), its JSON wire format in [`chat::protocol`], its rooms kept for a while
 //!   after their last member left, its bounded history, its rate limiter and its page.
 //! - [`http`]: request-head parsing and responses for the pre-WebSocket stage.
+//! - [`proxy`]: the client's address behind a trusted proxy (`Forwarded`, `X-Forwarded-For`).
+//! - [`auth`]: signed tokens (JWT, HS256): checking them against a secret, and making them.
 //! - [`config`]: every command-line flag and the tungstenite settings derived from them.
 //! - [`timer`]: the hashed timing wheel that holds every deadline (handshakes, heartbeats,
 //!   close handshakes, the handler's own wake-up) and tells `poll` how long it may sleep.
@@ -46,11 +48,13 @@
 //! 5. Connections that finished are freed. Slots are only freed here, so a token seen in step 2
 //!    can never belong to a connection that arrived during the same iteration.
 
+pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod frame;
 pub mod handler;
 pub mod http;
+pub mod proxy;
 pub mod reactor;
 pub mod timer;
 

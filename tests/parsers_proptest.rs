@@ -493,6 +493,7 @@ enum Meaning {
     Join(String, Option<(Option<u64>, Option<String>)>),
     Who,
     Ping,
+    Auth(String),
     Error(String),
 }
 
@@ -508,6 +509,7 @@ fn parsed(frame: &str) -> (Option<String>, Meaning) {
         }
         Ok(Request::Who) => Meaning::Who,
         Ok(Request::Ping) => Meaning::Ping,
+        Ok(Request::Auth { token }) => Meaning::Auth(token.into_owned()),
         Err(rejection) => {
             let code = serde_json::to_value(rejection.code).expect("codes serialize");
             Meaning::Error(code.as_str().expect("codes are strings").to_owned())
@@ -524,16 +526,22 @@ fn meaning(frame: &str) -> Meaning {
 /// What the README's "Protocol" section says a JSON object frame means.
 fn documented_meaning(object: &Map<String, Value>) -> (Option<String>, Meaning) {
     let error = |code: &str| Meaning::Error(code.to_owned());
-    // `type`, `id`, `text`, `name`, `room` and `to` must be strings when present (null counts as
+    // `type`, `id`, `text`, `name`, `room`, `to` and `token` must be strings when present (null counts as
     // absent); anything else makes the whole frame bad JSON, so even its id is not kept.
     let field = |key: &str| match object.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(()),
     };
-    let (Ok(kind), Ok(id), Ok(text), Ok(name), Ok(room), Ok(to)) =
-        (field("type"), field("id"), field("text"), field("name"), field("room"), field("to"))
-    else {
+    let (Ok(kind), Ok(id), Ok(text), Ok(name), Ok(room), Ok(to), Ok(token)) = (
+        field("type"),
+        field("id"),
+        field("text"),
+        field("name"),
+        field("room"),
+        field("to"),
+        field("token"),
+    ) else {
         return (None, error("bad_json"));
     };
     // An id that is too long is the error, and is echoed like any other.
@@ -559,6 +567,7 @@ fn documented_meaning(object: &Map<String, Value>) -> (Option<String>, Meaning) 
         Some("join") => required(room, &|room| Meaning::Join(room, resume.clone())),
         Some("who") => Meaning::Who,
         Some("ping") => Meaning::Ping,
+        Some("auth") => required(token, &Meaning::Auth),
         Some(_) => error("unknown_type"),
     };
     (id, meaning)
@@ -567,7 +576,7 @@ fn documented_meaning(object: &Map<String, Value>) -> (Option<String>, Meaning) 
 fn interesting_string() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "message", "dm", "nick", "join", "who", "ping", "Message", "", " ", "type", "\u{0}"
+            "message", "dm", "nick", "join", "who", "ping", "auth", "Message", "", " ", "type", "\u{0}"
         ])
         .prop_map(String::from),
         any::<String>(),
@@ -615,9 +624,9 @@ fn request_object() -> impl Strategy<Value = Map<String, Value>> {
         3 => (0..20u64).prop_map(Value::from),
         1 => json_value(),
     ]);
-    let strings = (field(), field(), field(), field(), field());
+    let strings = (field(), field(), field(), field(), field(), field());
     (strings, id, since, field(), prop::collection::vec(("[a-z_]{1,6}", json_value()), 0..3)).prop_map(
-        |((kind, text, name, room, to), id, since, epoch, extra)| {
+        |((kind, text, name, room, to, token), id, since, epoch, extra)| {
             let mut object: Map<String, Value> = extra.into_iter().collect();
             let fields = [
                 ("type", kind),
@@ -625,6 +634,7 @@ fn request_object() -> impl Strategy<Value = Map<String, Value>> {
                 ("name", name),
                 ("room", room),
                 ("to", to),
+                ("token", token),
                 ("id", id),
                 ("since", since),
                 ("epoch", epoch),

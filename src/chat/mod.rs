@@ -8,6 +8,7 @@ mod names;
 pub mod protocol;
 mod rate;
 mod rooms;
+mod signed;
 mod web;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use mio::Token;
 use serde_json::value::RawValue;
 
-use crate::handler::{CloseCode, Frame, Handler, Message, Outbox, RequestHead, Stats};
+use crate::handler::{CloseCode, Frame, Handler, Message, Outbox, Refusal, RequestHead, Stats};
 use history::HistoryLimit;
 pub use names::{MAX_NAME_CHARS, MAX_ROOM_CHARS};
 use names::{check_name_shape, check_room, guest_name};
@@ -27,6 +28,8 @@ use protocol::{
 pub use rate::RateLimit;
 use rate::TokenBucket;
 use rooms::{Retention, Rooms};
+use signed::{Auth, Signed, TokenDeadlines};
+pub use signed::{SIGNED_IN_ELSEWHERE, TOKEN_EXPIRED};
 
 /// The room everyone starts in unless the upgrade URL asks for another.
 pub const DEFAULT_ROOM: &str = "lobby";
@@ -50,8 +53,13 @@ pub struct Chat {
     rooms: Rooms,
     /// The id the next member gets. Ids are never reused, unlike connection tokens.
     next_id: u64,
-    /// When the reactor was last asked to wake the chat (to drop expired rooms), in Unix ms.
+    /// When the reactor was last asked to wake the chat (to drop expired rooms, to ask for or
+    /// enforce fresh tokens), in Unix ms.
     wake_at: Option<u64>,
+    /// Tokens, if the server uses them (`--auth-secret-file`).
+    auth: Option<Auth>,
+    /// Signed members' refresh and expiry deadlines.
+    token_deadlines: TokenDeadlines,
 }
 
 /// One connected person.
@@ -61,6 +69,8 @@ struct Member {
     room: String,
     /// The member's allowance under the rate limit, if there is one.
     allowance: Option<TokenBucket>,
+    /// The member's token, if it connected with one: its name is the token's, held for it.
+    signed: Option<Signed>,
 }
 
 impl Chat {
@@ -80,6 +90,8 @@ impl Chat {
             rooms: Rooms::new(retention, fastrand::u64(..)),
             next_id: 1,
             wake_at: None,
+            auth: None,
+            token_deadlines: TokenDeadlines::default(),
         }
     }
 
@@ -144,20 +156,30 @@ impl Chat {
         self.rooms.history_bytes()
     }
 
-    /// A new member arrives, with the name and room its upgrade URL asked for.
+    /// A new member arrives, with the name and room its upgrade URL (or its token) asked for.
     fn join_server<O: Outbox>(&mut self, token: Token, target: &str, out: &mut O) {
+        let now = out.unix_time_ms();
+        let query = UpgradeQuery::parse(target);
+        let identity = match self.identity_of(&query, now) {
+            Ok(identity) => identity,
+            // Checked before the 101; only time can have made it fail since.
+            Err(_) => return out.close(token, CloseCode::from(TOKEN_EXPIRED), "token expired"),
+        };
         let id = self.next_id;
         self.next_id += 1;
         let mut problems = Vec::new();
-        let query = UpgradeQuery::parse(target);
 
-        let name = match query.name.map(|name| self.check_name(&name, None).map(|()| name)) {
-            Some(Ok(name)) => name,
-            Some(Err(rejection)) => {
+        let name = match (&identity, query.name.map(|name| self.check_name(&name, None).map(|()| name))) {
+            (Some(identity), _) => {
+                self.claim_name(&identity.name, out);
+                identity.name.clone()
+            }
+            (None, Some(Ok(name))) => name,
+            (None, Some(Err(rejection))) => {
                 problems.push(rejection);
                 guest_name(id)
             }
-            None => guest_name(id),
+            (None, None) => guest_name(id),
         };
         let room = match query.room.map(|room| check_room(&room).map(|()| room)) {
             Some(Ok(room)) => room,
@@ -167,10 +189,15 @@ impl Chat {
             }
             None => DEFAULT_ROOM.to_owned(),
         };
+        let room = match &identity {
+            Some(identity) => Chat::allowed_room(identity, room, &mut problems),
+            None => room,
+        };
 
         self.names.insert(name.clone(), token);
-        let allowance = self.rate_limit.map(|limit| TokenBucket::full(limit, out.unix_time_ms()));
-        self.members.insert(token, Member { id, name, room: room.clone(), allowance });
+        let allowance = self.rate_limit.map(|limit| TokenBucket::full(limit, now));
+        let signed = identity.map(|identity| self.token_deadlines.track(token, identity, now));
+        self.members.insert(token, Member { id, name, room: room.clone(), allowance, signed });
         self.enter_room(token, &room, out);
         let welcome = self.room_snapshot(token, query.resume.as_ref(), |member, room| Event::Welcome {
             id: member.id,
@@ -181,12 +208,19 @@ impl Chat {
         for problem in problems {
             reject(out, token, &problem, None);
         }
+        self.schedule(out);
     }
 
     /// A member leaves the server: its room hears `left`, its name becomes free.
     fn leave_server<O: Outbox>(&mut self, token: Token, out: &mut O) {
         if let Some(member) = self.members.remove(&token) {
-            self.names.remove(&member.name);
+            // A newer connection signed in with the same name may hold it already.
+            if self.names.get(&member.name) == Some(&token) {
+                self.names.remove(&member.name);
+            }
+            if let Some(signed) = &member.signed {
+                self.token_deadlines.forget(signed);
+            }
             self.leave_room(&member.room, UserView { id: member.id, name: &member.name }, out);
         }
     }
@@ -195,14 +229,19 @@ impl Chat {
         match request {
             Request::Message { text } => self.say(token, id, &text, out),
             Request::Dm { to, text } => self.direct(token, id, &to, &text, out),
-            Request::Nick { name } => match self.check_name(&name, Some(token)) {
-                Ok(()) => self.rename(token, name.into_owned(), out),
-                Err(rejection) => reject(out, token, &rejection, id),
-            },
-            Request::Join { room, resume } => match check_room(&room) {
-                Ok(()) => self.switch_room(token, room.into_owned(), resume.as_ref(), out),
-                Err(rejection) => reject(out, token, &rejection, id),
-            },
+            Request::Nick { name } => {
+                match self.check_name(&name, Some(token)).and_then(|()| self.may_rename(token)) {
+                    Ok(()) => self.rename(token, name.into_owned(), out),
+                    Err(rejection) => reject(out, token, &rejection, id),
+                }
+            }
+            Request::Join { room, resume } => {
+                match check_room(&room).and_then(|()| self.may_enter(token, &room)) {
+                    Ok(()) => self.switch_room(token, room.into_owned(), resume.as_ref(), out),
+                    Err(rejection) => reject(out, token, &rejection, id),
+                }
+            }
+            Request::Auth { token: fresh } => self.refresh_token(token, id, &fresh, out),
             Request::Who => {
                 let Some(member) = self.members.get(&token) else { return };
                 let users = self.users_of(&member.room);
@@ -301,15 +340,22 @@ impl Chat {
         room.members.remove(&user.id);
         if room.members.is_empty() {
             self.rooms.emptied(room_name, out.unix_time_ms());
-            return self.schedule_expiry(out);
+            return self.schedule(out);
         }
         room.broadcast(None, &Event::Left { room: room_name, user }.to_frame(), out);
     }
 
-    /// Asks the reactor to wake the chat when the next kept room expires, unless it already will
-    /// by then. (A wake-up that finds nothing due, because the room was taken back, is harmless.)
-    fn schedule_expiry<O: Outbox>(&mut self, out: &mut O) {
-        let Some(next) = self.rooms.next_expiry() else { return };
+    /// Asks the reactor to wake the chat for its next deadline (a kept room expiring, a token to
+    /// refresh or that runs out), unless it already will by then. (A wake-up that finds nothing
+    /// due, because the room was taken back or the token refreshed, is harmless.)
+    fn schedule<O: Outbox>(&mut self, out: &mut O) {
+        let next = match (self.rooms.next_expiry(), self.token_deadlines.first()) {
+            (Some(room), Some(token)) => room.min(token),
+            (room, token) => match room.or(token) {
+                Some(next) => next,
+                None => return,
+            },
+        };
         if self.wake_at.is_none_or(|at| next < at) {
             self.wake_at = Some(next);
             out.wake_at(next);
@@ -369,6 +415,27 @@ impl Chat {
         }
     }
 
+    /// A signed member's name is its token's.
+    fn may_rename(&self, token: Token) -> Result<(), Rejection> {
+        match self.members.get(&token) {
+            Some(Member { signed: Some(_), .. }) => {
+                Err(Rejection::new(ErrorCode::Forbidden, "your name comes from your token"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A signed member may enter only the rooms its token names, if it names any.
+    fn may_enter(&self, token: Token, room: &str) -> Result<(), Rejection> {
+        match self.members.get(&token).and_then(|member| member.signed.as_ref()) {
+            Some(signed) if !signed.identity.may_enter(room) => Err(Rejection::new(
+                ErrorCode::Forbidden,
+                format!("your token does not allow the room `{room}`"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks a wanted nickname: its shape, and that nobody else (`except` the asker) has it.
     fn check_name(&self, name: &str, except: Option<Token>) -> Result<(), Rejection> {
         check_name_shape(name)?;
@@ -407,13 +474,17 @@ impl Handler for Chat {
         self.leave_server(connection, out);
     }
 
-    /// The wake-up the chat asked for: rooms kept empty past their TTL go.
+    /// The wake-up the chat asked for: rooms kept empty past their TTL go, and tokens are asked
+    /// for or enforced.
     fn on_timer<O: Outbox>(&mut self, out: &mut O) {
         self.wake_at = None;
-        if let Some(next) = self.rooms.expire(out.unix_time_ms()) {
-            self.wake_at = Some(next);
-            out.wake_at(next);
-        }
+        self.rooms.expire(out.unix_time_ms());
+        self.token_deadlines_due(out);
+        self.schedule(out);
+    }
+
+    fn check_upgrade(&mut self, request: &RequestHead, unix_ms: u64) -> Result<(), Refusal> {
+        self.check_token(request, unix_ms)
     }
 
     fn respond(&mut self, request: &RequestHead, stats: &Stats) -> Option<Vec<u8>> {

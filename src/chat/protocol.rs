@@ -28,6 +28,8 @@ pub enum Request<'a> {
     Who,
     /// `{"type":"ping"}`: the application heartbeat browsers use, since they cannot send ping frames.
     Ping,
+    /// `{"type":"auth","token":...}`: a fresh token, answering the server's `refresh`.
+    Auth { token: Cow<'a, str> },
 }
 
 /// A request understood, with the `id` the client gave it, if any.
@@ -61,6 +63,10 @@ pub enum ErrorCode {
     RateLimited,
     TooLarge,
     NoSuchUser,
+    /// The member's token does not allow it (another name, a room outside its `rooms`).
+    Forbidden,
+    /// A token sent with `auth` was refused.
+    Unauthorized,
 }
 
 /// Why a frame could not be understood; it goes back to the sender as an `error` event.
@@ -91,6 +97,8 @@ struct Envelope<'a> {
     room: Option<Cow<'a, str>>,
     #[serde(borrow)]
     to: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
     /// Any JSON value: a `since` that is not a whole number makes a resume that fails, not a
     /// request that does.
     since: Option<serde_json::Value>,
@@ -145,9 +153,10 @@ impl<'a> Envelope<'a> {
             }
             Some("who") => Ok(Request::Who),
             Some("ping") => Ok(Request::Ping),
+            Some("auth") => self.token.ok_or_else(|| missing("token")).map(|token| Request::Auth { token }),
             Some(other) => Err(Rejection::new(
                 ErrorCode::UnknownType,
-                format!("unknown type `{other}`; expected message, dm, nick, join, who or ping"),
+                format!("unknown type `{other}`; expected message, dm, nick, join, who, ping or auth"),
             )),
         };
         Parsed { id: self.id, request }
@@ -162,22 +171,25 @@ pub struct UpgradeQuery {
     pub name: Option<String>,
     pub room: Option<String>,
     pub resume: Option<Resume>,
+    /// `token=...`: a signed token naming the member.
+    pub token: Option<String>,
 }
 
 impl UpgradeQuery {
     pub fn parse(target: &str) -> UpgradeQuery {
         let query = target.split_once('?').map_or("", |(_, query)| query);
-        let (mut name, mut room, mut since, mut epoch) = (None, None, None, None);
+        let (mut name, mut room, mut since, mut epoch, mut token) = (None, None, None, None, None);
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*key {
                 "name" => name = Some(value.into_owned()),
                 "room" => room = Some(value.into_owned()),
                 "since" => since = Some(value.parse::<u64>().ok()),
                 "epoch" => epoch = Some(value.into_owned()),
+                "token" => token = Some(value.into_owned()),
                 _ => {}
             }
         }
-        UpgradeQuery { name, room, resume: since.map(|since| Resume { since, epoch }) }
+        UpgradeQuery { name, room, resume: since.map(|since| Resume { since, epoch }), token }
     }
 }
 
@@ -259,6 +271,8 @@ pub enum Event<'a> {
         users: Vec<UserView<'a>>,
     },
     Pong,
+    /// The member's token runs out soon: send a fresh one (`auth`) or be closed with 4001.
+    Refresh,
     Error {
         code: ErrorCode,
         message: &'a str,

@@ -36,11 +36,21 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// Binds a non-blocking listener with a deep backlog. `max_sockets` caps the sockets held;
-    /// `send_buffer` (bytes, 0 for the kernel's autotuning) is every accepted socket's SO_SNDBUF.
-    pub fn bind(address: SocketAddr, max_sockets: usize, send_buffer: usize) -> io::Result<Self> {
+    /// `send_buffer` (bytes, 0 for the kernel's autotuning) is every accepted socket's SO_SNDBUF;
+    /// `reuse_port` lets other processes bind the same address (`SO_REUSEPORT`), the kernel
+    /// spreading new connections over them.
+    pub fn bind(
+        address: SocketAddr,
+        max_sockets: usize,
+        send_buffer: usize,
+        reuse_port: bool,
+    ) -> io::Result<Self> {
         let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
         // A restarted server can bind its port while the old connections sit in TIME_WAIT.
         socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
         if send_buffer > 0 {
             // Accepted sockets inherit the listener's send buffer, and setting it turns off the
             // kernel's autotuning for them, which would otherwise grow the buffer of a client

@@ -26,8 +26,11 @@ pub type PausedHandshake = MidHandshake<HandshakeRole>;
 /// One slot of the reactor's slab.
 pub struct Connection {
     pub phase: Phase,
-    /// The peer's address, for the log.
+    /// The TCP peer's address.
     pub peer: SocketAddr,
+    /// Who the client is: the peer, or behind a trusted proxy the address the proxy forwarded
+    /// (learned from the request head). The address in the log and under the per-address limit.
+    pub client: SocketAddr,
     /// A number no other connection of this process has: slab keys are reused, serials are not,
     /// so a deadline can tell whether it still belongs to the connection in its slot.
     pub serial: u64,
@@ -133,6 +136,7 @@ impl Connection {
         Connection {
             phase: Phase::Request(Box::new(request)),
             peer,
+            client: peer,
             serial,
             timer: None,
             last_activity: now,

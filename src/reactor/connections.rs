@@ -1,6 +1,8 @@
 //! The reactor's table of connections and the work queued on them during one loop iteration:
 //! frames to flush and connections to end. It is also the [`Outbox`] handlers write to.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +70,9 @@ pub struct Connections {
     pub finished: Vec<Token>,
     /// Connections counted against `--max-connections`.
     pub websockets: usize,
+    /// The same, per client address, for `--max-connections-per-ip` (addresses with none are
+    /// removed, so the table holds only addresses that are connected).
+    per_address: HashMap<IpAddr, usize>,
     /// This iteration's wall-clock time, for handlers.
     pub unix_time_ms: u64,
     /// This iteration's monotonic time, read once by the loop after `poll` returns.
@@ -95,6 +100,7 @@ impl Connections {
             to_end: Vec::new(),
             finished: Vec::new(),
             websockets: 0,
+            per_address: HashMap::new(),
             unix_time_ms: 0,
             now,
             timers: TimerWheel::new(TIMER_RESOLUTION, TIMER_SLOTS, now),
@@ -119,6 +125,16 @@ impl Connections {
             self.timers.cancel(key);
         }
         connection.timer = Some(self.timers.insert(at, Deadline { token, serial: connection.serial }));
+    }
+
+    /// WebSocket connections from `address` now (admitted upgrades, until they are freed).
+    pub fn per_address(&self, address: IpAddr) -> usize {
+        self.per_address.get(&address).copied().unwrap_or(0)
+    }
+
+    /// Counts one more connection from `address`.
+    pub fn count_address(&mut self, address: IpAddr) {
+        *self.per_address.entry(address).or_default() += 1;
     }
 
     /// Puts the connection on this iteration's flush list, once.
@@ -157,11 +173,18 @@ impl Connections {
             if let Err(error) = self.registry.deregister(stream) {
                 debug!("connection {}: deregister failed: {error}", token.0);
             }
-            debug!("connection {} from {} closed", token.0, connection.peer);
+            debug!("connection {} from {} closed", token.0, connection.client);
         }
         if connection.counted {
             connection.counted = false;
             self.websockets -= 1;
+            let client = connection.client.ip();
+            if let Some(count) = self.per_address.get_mut(&client) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_address.remove(&client);
+                }
+            }
         }
         if let Some(key) = connection.timer.take() {
             self.timers.cancel(key);
@@ -180,7 +203,7 @@ impl Connections {
         }
         warn!(
             "connection {} from {}: send buffer full, disconnecting a slow reader",
-            token.0, connection.peer
+            token.0, connection.client
         );
         self.stats.slow_consumers_dropped += 1;
         self.to_end.push((token, Ending::Abort));

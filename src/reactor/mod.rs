@@ -33,6 +33,7 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::config::Config;
 use crate::handler::Handler;
+use crate::proxy::IpNet;
 use accept::Acceptor;
 use connection::{Connection, Flushed, Phase, ReplyState};
 use connections::{Connections, Ending};
@@ -83,6 +84,13 @@ pub struct Reactor<H> {
     started: Instant,
     /// Keeps "connection limit reached" from flooding the log.
     capacity_warnings: Throttle,
+    /// Proxies whose forwarding headers are believed (`--trusted-proxy`).
+    trusted_proxies: Vec<IpNet>,
+    /// Most WebSocket connections from one client address (`--max-connections-per-ip`; 0: no
+    /// limit).
+    max_connections_per_ip: usize,
+    /// Keeps "too many connections from one address" from flooding the log.
+    per_address_warnings: Throttle,
 }
 
 impl<H: Handler> Reactor<H> {
@@ -92,7 +100,8 @@ impl<H: Handler> Reactor<H> {
         // Room beyond `--max-connections` for sockets still sending their request, so that
         // clients over the limit can be told 503 rather than left hanging.
         let max_sockets = config.max_connections.saturating_add(256);
-        let mut acceptor = Acceptor::bind(config.bind, max_sockets, config.socket_send_buffer)?;
+        let mut acceptor =
+            Acceptor::bind(config.bind, max_sockets, config.socket_send_buffer, config.reuse_port)?;
         if let Some(listener) = acceptor.listener_mut() {
             poll.registry().register(listener, LISTENER, Interest::READABLE)?;
         }
@@ -117,6 +126,9 @@ impl<H: Handler> Reactor<H> {
             origins: config.origins.clone(),
             started,
             capacity_warnings: Throttle::new(Duration::from_secs(1)),
+            trusted_proxies: config.trusted_proxies.clone(),
+            max_connections_per_ip: config.max_connections_per_ip,
+            per_address_warnings: Throttle::new(Duration::from_secs(1)),
         })
     }
 

@@ -2,7 +2,7 @@
 //! plain requests, and driving tungstenite's handshake, resumed from `MidHandshake` whenever the
 //! socket would block.
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use mio::Token;
 use tungstenite::WebSocket;
 use tungstenite::handshake::HandshakeError;
@@ -14,7 +14,8 @@ use super::outgoing::Outgoing;
 use super::route::{Route, fallback, route};
 use super::socket::Socket;
 use crate::handler::Handler;
-use crate::http;
+use crate::http::{self, RequestHead};
+use crate::proxy::client_address;
 
 impl<H: Handler> Reactor<H> {
     /// Reads the request head; once complete, routes it.
@@ -33,9 +34,9 @@ impl<H: Handler> Reactor<H> {
         };
         match (route, read) {
             // A WebSocket client never half-closes, and an incomplete head will not complete.
-            (Route::Wait | Route::Upgrade { .. }, HeadRead::PeerClosed) => self.end(token, Ending::Drop),
+            (Route::Wait | Route::Upgrade(_), HeadRead::PeerClosed) => self.end(token, Ending::Drop),
             (Route::Wait, _) => {}
-            (Route::Upgrade { target }, _) => self.start_handshake(token, target),
+            (Route::Upgrade(head), _) => self.admit(token, head),
             (Route::Respond(response), _) => self.reply(token, response),
             (Route::Get(head), _) => {
                 let response = self.handler.respond(&head, &self.stats()).unwrap_or_else(|| fallback(&head));
@@ -53,12 +54,46 @@ impl<H: Handler> Reactor<H> {
         }
     }
 
+    /// An upgrade that passed routing: learn who the client is (behind a trusted proxy, from the
+    /// forwarding headers), apply the per-address limit, let the handler refuse it (a missing or
+    /// bad token), and start the handshake.
+    fn admit(&mut self, token: Token, head: RequestHead) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        let client = client_address(
+            connection.peer,
+            head.forwarded.as_deref(),
+            head.x_forwarded_for.as_deref(),
+            &self.trusted_proxies,
+        );
+        connection.client = client;
+        if self.max_connections_per_ip > 0
+            && self.connections.per_address(client.ip()) >= self.max_connections_per_ip
+        {
+            if let Some(suppressed) = self.per_address_warnings.allow(self.connections.now) {
+                info!(
+                    "connection {} from {client}: {} connections from that address already: answering 429 \
+                     ({suppressed} more since the last such line)",
+                    token.0, self.max_connections_per_ip
+                );
+            }
+            let response = http::plain(429, "Too Many Requests", "too many connections from your address\n");
+            return self.reply(token, response);
+        }
+        if let Err(refusal) = self.handler.check_upgrade(&head, self.connections.unix_time_ms) {
+            info!("connection {} from {client}: upgrade refused: {}", token.0, refusal.reason);
+            return self.reply(token, refusal.response);
+        }
+        self.start_handshake(token, head.target);
+    }
+
     /// Hands the request head, replayed, to tungstenite's server handshake.
     fn start_handshake(&mut self, token: Token, target: String) {
         let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
         let Phase::Request(request) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
         connection.counted = true;
         self.connections.websockets += 1;
+        let client = connection.client.ip();
+        self.connections.count_address(client);
         let socket = Socket::new(request.stream, request.head, self.connections.traffic.clone());
         let result = tungstenite::accept_with_config(socket, Some(self.websocket_config));
         self.continue_handshake(token, target, result);
@@ -81,11 +116,16 @@ impl<H: Handler> Reactor<H> {
         match result {
             Ok(mut websocket) => {
                 websocket.get_mut().start_queueing(self.send_buffer_limit);
+                let client = connection.client;
                 connection.phase = Phase::Open(websocket);
                 connection.last_activity = self.connections.now;
                 self.connections.set_writable(token, false);
                 self.connections.arm(token, self.connections.now + self.timeouts.ping_interval);
-                debug!("connection {} opened a WebSocket at {target}", token.0);
+                debug!(
+                    "connection {} from {client} opened a WebSocket at {}",
+                    token.0,
+                    http::redacted(&target)
+                );
                 self.connections.stats.connections += 1;
                 self.handler.on_open(token, &target, &mut self.connections);
                 self.settle();

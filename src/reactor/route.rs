@@ -7,8 +7,9 @@ use crate::http::{self, Parse, RequestHead};
 pub enum Route {
     /// The head is not complete yet.
     Wait,
-    /// Start the WebSocket handshake; `target` is the request's path and query.
-    Upgrade { target: String },
+    /// A valid upgrade: start the WebSocket handshake, if the per-address limit and the handler
+    /// let it through.
+    Upgrade(RequestHead),
     /// A plain `GET`, for the handler (or the reactor's fallback) to answer.
     Get(RequestHead),
     /// A valid upgrade, but the server already holds `--max-connections` WebSockets.
@@ -50,7 +51,7 @@ pub fn route(received: &[u8], origins: &[String], at_capacity: bool) -> Route {
     if at_capacity {
         return Route::AtCapacity;
     }
-    Route::Upgrade { target: head.target }
+    Route::Upgrade(head)
 }
 
 /// The reactor's answer to a `GET` the handler did not take.

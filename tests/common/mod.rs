@@ -31,6 +31,13 @@ impl Server {
         Server::start_binary(env!("CARGO_BIN_EXE_wschat"), args)
     }
 
+    /// Starts the server with these environment variables set (flags from the environment).
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wschat"));
+        command.envs(env.iter().copied());
+        Server::start_command(command, args)
+    }
+
     pub fn start_binary(binary: &str, args: &[&str]) -> Server {
         Server::start_command(Command::new(binary), args)
     }
@@ -84,6 +91,11 @@ impl Server {
         }
     }
 
+    /// The log lines that have arrived and were not consumed yet.
+    pub fn drain_log(&mut self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -129,6 +141,26 @@ impl Server {
             Err(error) => panic!("reading the response: {error}"),
         }
         String::from_utf8_lossy(&response).into_owned()
+    }
+
+    /// Sends a WebSocket upgrade for `target` and returns the whole response if it is refused
+    /// (anything but 101), or `None` if the upgrade succeeded.
+    pub fn refused_upgrade(&self, target: &str) -> Option<String> {
+        let stream = TcpStream::connect(self.addr).expect("connect to the server");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        match tungstenite::client(self.url(target), stream) {
+            Ok(_) => None,
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                let headers: String = response
+                    .headers()
+                    .iter()
+                    .map(|(name, value)| format!("{name}: {}\r\n", value.to_str().unwrap_or("?")))
+                    .collect();
+                Some(format!("{}\r\n{headers}\r\n{body}", response.status().as_u16()))
+            }
+            Err(error) => panic!("the upgrade neither succeeded nor got an HTTP answer: {error}"),
+        }
     }
 
     /// Returns whether the server process is still running.

@@ -1,0 +1,223 @@
+//! Members who connected with a signed token: their name is held for them, their rooms may be
+//! limited, and their token runs out. Shortly before it does the chat sends `refresh`; a fresh
+//! token (`auth`) moves the deadline, and a member whose token ran out is closed with 4001.
+//! The deadlines are the chat's own, in one ordered set; the reactor wakes the chat for the
+//! nearest (`Outbox::wake_at`).
+
+use std::collections::BTreeSet;
+
+use mio::Token;
+
+use super::names::check_name_shape;
+use super::protocol::{ErrorCode, Event, Rejection, UpgradeQuery};
+use super::{Chat, DEFAULT_ROOM, reject};
+use crate::auth::{AuthMode, Identity, TokenError, Verifier};
+use crate::handler::{CloseCode, Outbox, Refusal, RequestHead};
+use crate::http;
+
+/// How long before its token runs out a member is asked for a fresh one (or half the time left,
+/// if less): time for a client to fetch a token from its backend.
+const REFRESH_LEAD_MS: u64 = 30_000;
+/// The close code for a member whose token ran out (a private-use code, RFC 6455 section 7.4.2).
+pub const TOKEN_EXPIRED: u16 = 4001;
+/// The close code for a member replaced by a newer connection with a token for the same name.
+pub const SIGNED_IN_ELSEWHERE: u16 = 4002;
+
+/// Tokens, when the server uses them.
+pub struct Auth {
+    pub verifier: Verifier,
+    pub mode: AuthMode,
+}
+
+/// A member's token, as the chat keeps it.
+pub struct Signed {
+    pub identity: Identity,
+    /// Whether `refresh` has been sent for this token (then the next deadline is its expiry).
+    refresh_sent: bool,
+    /// This member's entry in `TokenDeadlines`.
+    deadline: (u64, Token),
+}
+
+/// Every signed member's next deadline (refresh or expiry), earliest first.
+#[derive(Default)]
+pub struct TokenDeadlines(BTreeSet<(u64, Token)>);
+
+impl TokenDeadlines {
+    pub fn first(&self) -> Option<u64> {
+        self.0.first().map(|&(at, _)| at)
+    }
+
+    /// A member's token: its refresh is due `REFRESH_LEAD_MS` before it runs out.
+    pub fn track(&mut self, token: Token, identity: Identity, now_ms: u64) -> Signed {
+        let lead = REFRESH_LEAD_MS.min(identity.expires_at_ms.saturating_sub(now_ms) / 2);
+        let deadline = (identity.expires_at_ms - lead, token);
+        self.0.insert(deadline);
+        Signed { identity, refresh_sent: false, deadline }
+    }
+
+    pub fn forget(&mut self, signed: &Signed) {
+        self.0.remove(&signed.deadline);
+    }
+
+    /// The members whose deadline has come by `now_ms`, taken out of the set.
+    fn take_due(&mut self, now_ms: u64) -> Vec<Token> {
+        let mut due = Vec::new();
+        while let Some(&(at, token)) = self.0.first() {
+            if at > now_ms {
+                break;
+            }
+            self.0.pop_first();
+            due.push(token);
+        }
+        due
+    }
+}
+
+/// Why an upgrade is refused for its token, as the reactor will answer it.
+fn refused(reason: impl Into<String>) -> Refusal {
+    let reason = reason.into();
+    Refusal { response: http::unauthorized(&format!("invalid token: {reason}")), reason }
+}
+
+impl Chat {
+    /// Turns on tokens: a `--auth-secret-file` secret and whether tokens are required.
+    pub fn with_auth(mut self, verifier: Verifier, mode: AuthMode) -> Self {
+        self.auth = Some(Auth { verifier, mode });
+        self
+    }
+
+    /// The identity in `token`, checked at `now_ms`.
+    fn verify(auth: &Auth, token: &str, now_ms: u64) -> Result<Identity, TokenError> {
+        auth.verifier.verify(token, now_ms, |name| check_name_shape(name).is_ok())
+    }
+
+    /// Before the 101: a token that is required and missing, or present and not valid, is a 401;
+    /// one that allows no room at all, a 403.
+    pub(super) fn check_token(&self, request: &RequestHead, now_ms: u64) -> Result<(), Refusal> {
+        let Some(auth) = &self.auth else { return Ok(()) };
+        match UpgradeQuery::parse(&request.target).token {
+            None if auth.mode == AuthMode::Optional => Ok(()),
+            None => Err(refused("no token (pass one as ?token=)")),
+            Some(token) => match Chat::verify(auth, &token, now_ms) {
+                Ok(identity) if identity.rooms.as_ref().is_some_and(Vec::is_empty) => {
+                    let reason = "the token allows no room".to_owned();
+                    Err(Refusal { response: http::plain(403, "Forbidden", &format!("{reason}\n")), reason })
+                }
+                Ok(_) => Ok(()),
+                Err(error) => Err(refused(error.to_string())),
+            },
+        }
+    }
+
+    /// The identity a new connection's token gives it, checked again (it was checked before the
+    /// 101, but time has passed). `Err` if the token ran out in between.
+    pub(super) fn identity_of(
+        &self,
+        query: &UpgradeQuery,
+        now_ms: u64,
+    ) -> Result<Option<Identity>, TokenError> {
+        match (&self.auth, &query.token) {
+            (Some(auth), Some(token)) => Chat::verify(auth, token, now_ms).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// A signed member takes its name: a guest who had picked it becomes a guest again, and an
+    /// older connection with a token for the same name is closed (the newest wins, so a client
+    /// that reconnects before the server noticed its old connection is gone is not locked out).
+    pub(super) fn claim_name<O: Outbox>(&mut self, name: &str, out: &mut O) {
+        let Some(&holder) = self.names.get(name) else { return };
+        let Some(member) = self.members.get(&holder) else { return };
+        if member.signed.is_some() {
+            out.close(holder, CloseCode::from(SIGNED_IN_ELSEWHERE), "signed in from elsewhere");
+            return;
+        }
+        let guest = super::names::guest_name(member.id);
+        self.rename(holder, guest, out);
+        let message = format!("the name `{name}` belongs to a signed-in member; you are a guest again");
+        reject(out, holder, &Rejection::new(ErrorCode::NameTaken, message), None);
+    }
+
+    /// The room a signed member enters: the one asked for if the token allows it (else a
+    /// `forbidden` problem), the lobby if allowed, or the first room the token names.
+    pub(super) fn allowed_room(identity: &Identity, wanted: String, problems: &mut Vec<Rejection>) -> String {
+        if identity.may_enter(&wanted) {
+            return wanted;
+        }
+        problems.push(Rejection::new(
+            ErrorCode::Forbidden,
+            format!("your token does not allow the room `{wanted}`"),
+        ));
+        if identity.may_enter(DEFAULT_ROOM) {
+            return DEFAULT_ROOM.to_owned();
+        }
+        // Invariant: `check_token` refused tokens whose `rooms` is empty, and `may_enter` is
+        // true for every room when there is no list.
+        identity
+            .rooms
+            .as_ref()
+            .and_then(|rooms| rooms.first())
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_ROOM.to_owned())
+    }
+
+    /// `{"type":"auth","token":...}`: a fresh token for the same name moves the member's deadline.
+    pub(super) fn refresh_token<O: Outbox>(
+        &mut self,
+        token: Token,
+        id: Option<&str>,
+        fresh: &str,
+        out: &mut O,
+    ) {
+        let now = out.unix_time_ms();
+        let Some(auth) = &self.auth else {
+            let rejection = Rejection::new(ErrorCode::Unauthorized, "this server does not use tokens");
+            return reject(out, token, &rejection, id);
+        };
+        let identity = match Chat::verify(auth, fresh, now) {
+            Ok(identity) => identity,
+            Err(error) => {
+                let rejection = Rejection::new(ErrorCode::Unauthorized, format!("token refused: {error}"));
+                return reject(out, token, &rejection, id);
+            }
+        };
+        let Some(member) = self.members.get_mut(&token) else { return };
+        let problem = match &member.signed {
+            None => Some("sign in when connecting: pass ?token= on the upgrade"),
+            Some(signed) if signed.identity.name != identity.name => {
+                Some("a fresh token must be for the same name")
+            }
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
+            return reject(out, token, &Rejection::new(ErrorCode::Forbidden, problem), id);
+        }
+        if let Some(old) = member.signed.take() {
+            self.token_deadlines.forget(&old);
+        }
+        member.signed = Some(self.token_deadlines.track(token, identity, now));
+        if let Some(id) = id {
+            out.send(token, &Event::Ack { id, seq: None, ts: now }.to_frame());
+        }
+        self.schedule(out);
+    }
+
+    /// The wake-up came: members whose refresh is due get `refresh`, members whose token ran
+    /// out are closed with 4001.
+    pub(super) fn token_deadlines_due<O: Outbox>(&mut self, out: &mut O) {
+        let now = out.unix_time_ms();
+        for token in self.token_deadlines.take_due(now) {
+            let Some(signed) = self.members.get_mut(&token).and_then(|member| member.signed.as_mut()) else {
+                continue;
+            };
+            if signed.refresh_sent || now >= signed.identity.expires_at_ms {
+                out.close(token, CloseCode::from(TOKEN_EXPIRED), "token expired");
+                continue;
+            }
+            signed.refresh_sent = true;
+            signed.deadline = (signed.identity.expires_at_ms, token);
+            self.token_deadlines.0.insert(signed.deadline);
+            out.send(token, &Event::Refresh.to_frame());
+        }
+    }
+}
