@@ -4,13 +4,17 @@
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
@@ -194,6 +198,20 @@ impl Client {
         Client { socket }
     }
 
+    /// Does the WebSocket handshake on a connected stream; an HTTP refusal (a 429, a 503...) is
+    /// returned as its status code.
+    pub fn upgrade(stream: TcpStream, request: impl IntoClientRequest) -> Result<Client, u16> {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        match tungstenite::client(request, stream) {
+            Ok((socket, _)) => Ok(Client { socket }),
+            Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                Err(response.status().as_u16())
+            }
+            Err(error) => panic!("WebSocket handshake: {error}"),
+        }
+    }
+
     pub fn send_text(&mut self, text: &str) {
         self.socket.send(Message::text(text)).expect("send a text frame");
     }
@@ -341,4 +359,56 @@ pub fn masked_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(index, byte)| byte ^ mask[index % 4]));
     frame
+}
+
+/// Connects to `to` from the loopback address `source` (all of 127.0.0.0/8 is this machine), so
+/// that a server or a proxy sees a client other than 127.0.0.1.
+pub fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(source, 0).into()).expect("bind the client's source address");
+    socket.connect(&to.into()).expect("connect");
+    socket.into()
+}
+
+/// A loopback port that was free a moment ago, for a program that cannot be told to bind port 0
+/// and report it (nginx, Caddy). Another process could take it in between; nothing else here
+/// binds fixed ports.
+pub fn free_loopback_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts connections on `addr`, failing the test past the deadline.
+pub fn wait_until_accepting(addr: SocketAddr) {
+    let give_up = Instant::now() + DEADLINE;
+    while TcpStream::connect_timeout(&addr, DEADLINE).is_err() {
+        assert!(Instant::now() < give_up, "nothing accepts on {addr} within {DEADLINE:?}");
+        thread::sleep(Duration::from_millis(10)); // Polling a port; there is no event to wait for.
+    }
+}
+
+/// A fresh directory under the system's temporary directory, removed with everything in it when
+/// dropped.
+pub struct ScratchDir {
+    pub path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new(name: &str) -> ScratchDir {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let serial = COUNT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("wschat-{name}-{}-{serial}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path); // Left over from a killed run with the same pid.
+        std::fs::create_dir_all(&path).unwrap();
+        ScratchDir { path }
+    }
+
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
