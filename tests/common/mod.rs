@@ -83,7 +83,13 @@ impl Server {
             match self.log.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("no log line containing {needle:?} within {DEADLINE:?}"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no log line containing {needle:?} within {DEADLINE:?}")
+                }
+                // An unknown flag, for one: the server prints its error and exits.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the server exited before a log line containing {needle:?}")
+                }
             }
         }
     }
@@ -370,11 +376,22 @@ pub fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
     socket.into()
 }
 
-/// A loopback port that was free a moment ago, for a program that cannot be told to bind port 0
-/// and report it (nginx, Caddy). Another process could take it in between; nothing else here
-/// binds fixed ports.
+/// A free loopback port for a program that cannot bind port 0 and report it (nginx, Caddy). It is
+/// taken below the kernel's ephemeral range (Linux's default starts at 32768), where bind(0),
+/// which every other test and server uses, never picks: so between this check and the program's
+/// own bind, only a program on a fixed port could take it. Each call tries further ports, so two
+/// proxies of one test binary never get the same one.
 pub fn free_loopback_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static TRIED: AtomicUsize = AtomicUsize::new(0);
+    // A start that differs between test binaries running at once.
+    let start = std::process::id() as usize * 7919;
+    for _ in 0..1000 {
+        let port = 20_000 + (start + TRIED.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port between 20000 and 32000 on 127.0.0.1");
 }
 
 /// Waits until something accepts connections on `addr`, failing the test past the deadline.
