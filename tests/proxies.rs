@@ -22,7 +22,8 @@ use tungstenite::client::IntoClientRequest;
 const FIRST_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const SECOND_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 
-/// The flags a server behind a proxy on 127.0.0.1 runs with, as deploy/wschat.service sets them.
+/// A server behind a proxy on 127.0.0.1: `--trusted-proxy` as deploy/wschat.service sets it, and
+/// a per-IP limit small enough to reach.
 const BEHIND_A_PROXY: &[&str] = &["--trusted-proxy", "127.0.0.1/32", "--max-connections-per-ip", "2"];
 
 #[test]
