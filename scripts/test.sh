@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that checks everything: formatting, lints, unit and integration tests, the
-# Autobahn conformance suite and the browser end-to-end test. It installs what is missing, so a
-# fresh machine needs nothing else (as root, for the Debian packages).
+# deployment files, the Autobahn conformance suite and the browser end-to-end test. It installs
+# what is missing, so a fresh machine needs nothing else (as root, for the Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -14,8 +14,21 @@ cargo fmt --check
 step "lints"
 cargo clippy --all-targets -- -D warnings
 
+step "packages for tests/proxies.rs (nginx, Caddy) and the unit check (systemd-analyze)"
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v caddy >/dev/null || missing+=(caddy)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+if ((${#missing[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 step "unit and integration tests"
 cargo test --release
+
+step "deployment files: systemd units, nginx's TLS site, the Caddyfile (deploy/)"
+scripts/verify-deploy.sh
 
 step "no async runtime in the server's dependency tree"
 if cargo tree -e normal --prefix none | grep -Eq '^(tokio|async-std|smol|futures-executor) '; then

@@ -4,13 +4,17 @@
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
@@ -86,7 +90,13 @@ impl Server {
             match self.log.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("no log line containing {needle:?} within {DEADLINE:?}"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no log line containing {needle:?} within {DEADLINE:?}")
+                }
+                // An unknown flag, for one: the server prints its error and exits.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the server exited before a log line containing {needle:?}")
+                }
             }
         }
     }
@@ -224,6 +234,20 @@ impl Client {
             tungstenite::client(server.url(target), stream).expect("WebSocket handshake");
         assert_eq!(response.status(), 101);
         Client { socket }
+    }
+
+    /// Does the WebSocket handshake on a connected stream; an HTTP refusal (a 429, a 503...) is
+    /// returned as its status code.
+    pub fn upgrade(stream: TcpStream, request: impl IntoClientRequest) -> Result<Client, u16> {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        match tungstenite::client(request, stream) {
+            Ok((socket, _)) => Ok(Client { socket }),
+            Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                Err(response.status().as_u16())
+            }
+            Err(error) => panic!("WebSocket handshake: {error}"),
+        }
     }
 
     pub fn send_text(&mut self, text: &str) {
@@ -373,4 +397,67 @@ pub fn masked_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(index, byte)| byte ^ mask[index % 4]));
     frame
+}
+
+/// Connects to `to` from the loopback address `source` (all of 127.0.0.0/8 is this machine), so
+/// that a server or a proxy sees a client other than 127.0.0.1.
+pub fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(source, 0).into()).expect("bind the client's source address");
+    socket.connect(&to.into()).expect("connect");
+    socket.into()
+}
+
+/// A free loopback port for a program that cannot bind port 0 and report it (nginx, Caddy). It is
+/// taken below the kernel's ephemeral range (Linux's default starts at 32768), where bind(0),
+/// which every other test and server uses, never picks: so between this check and the program's
+/// own bind, only a program on a fixed port could take it. Each call tries further ports, so two
+/// proxies of one test binary never get the same one.
+pub fn free_loopback_port() -> u16 {
+    static TRIED: AtomicUsize = AtomicUsize::new(0);
+    // A start that differs between test binaries running at once.
+    let start = std::process::id() as usize * 7919;
+    for _ in 0..1000 {
+        let port = 20_000 + (start + TRIED.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port between 20000 and 32000 on 127.0.0.1");
+}
+
+/// Waits until something accepts connections on `addr`, failing the test past the deadline.
+pub fn wait_until_accepting(addr: SocketAddr) {
+    let give_up = Instant::now() + DEADLINE;
+    while TcpStream::connect_timeout(&addr, DEADLINE).is_err() {
+        assert!(Instant::now() < give_up, "nothing accepts on {addr} within {DEADLINE:?}");
+        thread::sleep(Duration::from_millis(10)); // Polling a port; there is no event to wait for.
+    }
+}
+
+/// A fresh directory under the system's temporary directory, removed with everything in it when
+/// dropped.
+pub struct ScratchDir {
+    pub path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new(name: &str) -> ScratchDir {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let serial = COUNT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("wschat-{name}-{}-{serial}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path); // Left over from a killed run with the same pid.
+        std::fs::create_dir_all(&path).unwrap();
+        ScratchDir { path }
+    }
+
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
