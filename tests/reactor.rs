@@ -351,3 +351,27 @@ fn a_send_buffer_smaller_than_the_largest_message_starts_too() {
     assert_eq!(bob.recv_type("message")["text"].as_str().map(str::len), Some(60_000));
     bob.assert_nothing_pending();
 }
+
+#[test]
+fn two_servers_with_reuse_port_share_one_address_and_both_accept() {
+    let mut first = Server::start(&["--reuse-port"]);
+    let address = first.addr.to_string();
+    let mut second = Server::start(&["--reuse-port", "--bind", &address]);
+    assert_eq!(second.addr, first.addr);
+    // The kernel spreads connections by a hash of the client's address and port: 40 connections
+    // all landing on one of two listeners would happen once in 2^39 runs.
+    let clients: Vec<_> = (0..40).map(|_| first.join("/").0).collect();
+    // Each server logs the upgrades it took; the lines reach the test a little after the welcomes.
+    let mut opened = [0, 0];
+    let give_up = std::time::Instant::now() + DEADLINE;
+    while opened[0] + opened[1] < 40 {
+        assert!(std::time::Instant::now() < give_up, "only {opened:?} upgrades logged");
+        for (count, server) in opened.iter_mut().zip([&mut first, &mut second]) {
+            *count += server.drain_log().iter().filter(|line| line.contains("opened a WebSocket")).count();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5)); // Polling the log readers.
+    }
+    assert_eq!(opened[0] + opened[1], 40, "{opened:?}");
+    assert!(opened[0] > 0 && opened[1] > 0, "one listener took every connection: {opened:?}");
+    drop(clients);
+}

@@ -55,7 +55,9 @@ impl Server {
     }
 
     fn start_command(mut command: Command, args: &[&str]) -> Server {
-        command.args(["--bind", "127.0.0.1:0"]);
+        if !args.contains(&"--bind") {
+            command.args(["--bind", "127.0.0.1:0"]);
+        }
         if !args.contains(&"--log-level") {
             command.args(["--log-level", "debug"]);
         }
