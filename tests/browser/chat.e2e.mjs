@@ -11,8 +11,8 @@
 // serve this file for GET / instead of the page compiled into the binary).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -29,6 +29,13 @@ const SHOT = process.env.SCREENSHOT === '1' ? path.join(ROOT, 'docs', 'screensho
 const DESKTOP = { width: 1200, height: 800 };
 const PAGE_FILE = process.env.PAGE_FILE ? path.resolve(process.env.PAGE_FILE) : null;
 const GAP = 'Some messages may be missing';
+// Tokens are optional on the test's server: the pages are guests, except where a step's link
+// carries a token made with `wschat token`.
+const SECRET_FILE = path.join(TMP, 'auth-secret');
+writeFileSync(SECRET_FILE, 'the browser test\'s token secret, 32 bytes or more\n');
+const SERVER_ARGS = ['--auth', 'optional', '--auth-secret-file', SECRET_FILE];
+const mintToken = (sub, ttlSecs) =>
+  execFileSync(BIN, ['token', '--sub', sub, '--ttl', String(ttlSecs), '--secret-file', SECRET_FILE]).toString().trim();
 
 let server = null; // { child, port, log: string[] }
 let browser = null;
@@ -54,7 +61,7 @@ function logTail(n = 40) { return server ? server.log.slice(-n).map((l) => '#   
 function startServer(bind) {
   return new Promise((resolve, reject) => {
     const log = [];
-    const child = spawn(BIN, ['--bind', bind], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(BIN, ['--bind', bind, ...SERVER_ARGS], { stdio: ['ignore', 'pipe', 'pipe'] });
     const srv = { child, port: 0, log, exited: null };
     server = srv;
     const timer = setTimeout(() => fail(new Error(`server did not log "listening on 127.0.0.1:PORT" within 10 s`)), 10_000);
@@ -177,6 +184,16 @@ async function openChat(who, query = '') {
   pages[who] = page;
   await page.goto(relayUrl(who) + query);
   await waitOnline(page);
+  return page;
+}
+// Like openChat, but waits for the status `state` instead of online.
+async function openChatUntil(who, query, state) {
+  const page = await ctx[who].newPage();
+  page.on('pageerror', (err) => console.error(`# [${who}] page error: ${err.message}`));
+  page.__who = who;
+  pages[who] = page;
+  await page.goto(relayUrl(who) + query);
+  await waitStatus(page, state);
   return page;
 }
 const waitOnline = (page, timeout = WAIT_MS) => page.locator('[data-testid="status"][data-state="online"]').waitFor({ timeout });
@@ -413,14 +430,15 @@ step('a link /?room=rust&name=carol opens the page as carol in #rust, over the s
   ctx.carol = await browser.newContext({ viewport: DESKTOP });
   // A fresh browser that has been here before as "zoe" in #lobby: the link must win.
   await ctx.carol.addInitScript(() => { localStorage.setItem('wschat.name', 'zoe'); localStorage.setItem('wschat.room', 'lobby'); });
-  const carol = await openChat('carol', '?room=rust&name=carol&token=e2e-token');
+  const carolToken = mintToken('carol', 600);
+  const carol = await openChat('carol', `?room=rust&name=carol&token=${carolToken}`);
   await carol.getByTestId('room-name').getByText('#rust', { exact: true }).waitFor({ timeout: WAIT_MS });
   assert.equal(await carol.getByTestId('nick-input').inputValue(), 'carol');
   await waitMembers(carol, ['alice', 'carol']);
   await waitMembers(alice, ['alice', 'carol']);
   await waitNotice(alice, 'joined', 'carol joined');
   const query = upgradeParams(relays.others);
-  assert.deepEqual([query.get('name'), query.get('room'), query.get('token')], ['carol', 'rust', 'e2e-token'],
+  assert.deepEqual([query.get('name'), query.get('room'), query.get('token')], ['carol', 'rust', carolToken],
     `the upgrade carries the link's name, room and token: ${relays.others.upgrades.at(-1)}`);
   await ctx.carol.close();
   delete pages.carol;
@@ -539,6 +557,24 @@ step('closing a page shows "left"; a DM to the departed shows an error; reopenin
   assert.equal(await bob.getByTestId('nick-input').inputValue(), 'bob');
   await waitNotice(alice, 'joined', 'bob joined');
   await waitMembers(alice, ['alice', 'bob']);
+});
+
+step('a link with a token signs in under its name; when the token runs out the page says so and stops', async () => {
+  ctx.dora = await browser.newContext({ viewport: DESKTOP });
+  // Runs out in 2-3 s (whole seconds): the server sends `refresh` first, then closes with 4001.
+  const dora = await openChat('dora', `?name=someone-else&token=${mintToken('dora', 3)}`);
+  assert.equal(await dora.getByTestId('nick-input').inputValue(), 'dora', "the token's name wins");
+  await waitNotice(dora, 'info', 'Your session expires soon');
+  await waitNotice(dora, 'ended', 'Your session expired');
+  await waitStatus(dora, 'ended');
+  assert.equal(await dora.getByTestId('send-button').isDisabled(), true);
+  const upgrades = relays.others.upgrades.length;
+  // An expired token is refused before the upgrade (401); after three tries the page gives up.
+  const page = await openChatUntil('dora', `?token=${mintToken('dora', 0)}`, 'ended');
+  await waitNotice(page, 'ended', 'Could not sign in');
+  assert.ok(relays.others.upgrades.length - upgrades <= 4, 'the page stopped trying');
+  await ctx.dora.close();
+  delete pages.dora;
 });
 
 step('both pages reconnect after a server restart on the same port and say messages may be missing', async () => {
