@@ -221,3 +221,125 @@ impl Chat {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::tests::{Recorder, START_MS, open, say};
+    use super::*;
+    use crate::auth::mint;
+    use crate::handler::Handler;
+
+    const SECRET: &[u8] = b"the chat's token tests, 32 bytes or more";
+
+    fn chat(mode: AuthMode) -> Chat {
+        Chat::new(50).with_auth(Verifier::new(SECRET).unwrap(), mode)
+    }
+
+    /// A token for `sub` that runs out `ttl_secs` after the recorder's start.
+    fn token(sub: &str, ttl_secs: u64) -> String {
+        mint(SECRET, sub, START_MS / 1000 + ttl_secs, None).unwrap()
+    }
+
+    fn upgrade(target: String) -> RequestHead {
+        RequestHead {
+            method: "GET".into(),
+            target,
+            origin: None,
+            forwarded: None,
+            x_forwarded_for: None,
+            wants_websocket: true,
+        }
+    }
+
+    #[test]
+    fn upgrades_are_refused_for_missing_or_bad_tokens_as_the_mode_says() {
+        let required = chat(AuthMode::Required);
+        let optional = chat(AuthMode::Optional);
+        let refusal = required.check_token(&upgrade("/".into()), START_MS).unwrap_err();
+        assert!(refusal.response.starts_with(b"HTTP/1.1 401"));
+        assert!(optional.check_token(&upgrade("/".into()), START_MS).is_ok());
+        for chat in [&required, &optional] {
+            let bad = chat.check_token(&upgrade("/?token=nope".into()), START_MS).unwrap_err();
+            assert_eq!(bad.reason, "malformed token");
+            assert!(chat.check_token(&upgrade(format!("/?token={}", token("alice", 60))), START_MS).is_ok());
+            let expired =
+                chat.check_token(&upgrade(format!("/?token={}", token("alice", 60))), START_MS + 60_000);
+            assert_eq!(expired.unwrap_err().reason, "token expired");
+        }
+    }
+
+    #[test]
+    fn a_member_is_asked_for_a_fresh_token_then_closed_with_4001() {
+        let (mut chat, mut out) = (chat(AuthMode::Required), Recorder::default());
+        let welcome = open(&mut chat, &mut out, 1, &format!("/?name=x&token={}", token("alice", 100)));
+        assert_eq!(welcome["name"], "alice");
+        // The refresh is due 30 s before the token runs out.
+        assert_eq!(out.wakes.last(), Some(&(START_MS + 70_000)));
+        out.now_ms = START_MS + 70_000;
+        chat.on_timer(&mut out);
+        assert_eq!(out.take(1), [json!({"type": "refresh"})]);
+        assert_eq!(out.wakes.last(), Some(&(START_MS + 100_000)));
+        out.now_ms = START_MS + 100_000;
+        chat.on_timer(&mut out);
+        assert_eq!(out.closed, [(Token(1), CloseCode::from(TOKEN_EXPIRED))]);
+    }
+
+    #[test]
+    fn a_fresh_token_for_the_same_name_moves_the_deadline() {
+        let (mut chat, mut out) = (chat(AuthMode::Required), Recorder::default());
+        open(&mut chat, &mut out, 1, &format!("/?token={}", token("alice", 10)));
+        // A short token: asked for a fresh one halfway.
+        assert_eq!(out.wakes.last(), Some(&(START_MS + 5_000)));
+        say(&mut chat, &mut out, 1, &json!({"type": "auth", "token": token("bob", 600)}).to_string());
+        assert_eq!(out.take(1)[0]["code"], "forbidden");
+        say(
+            &mut chat,
+            &mut out,
+            1,
+            &json!({"type": "auth", "token": token("alice", 600), "id": "t"}).to_string(),
+        );
+        assert_eq!(out.take(1), [json!({"type": "ack", "id": "t", "ts": START_MS})]);
+        out.now_ms = START_MS + 10_000;
+        chat.on_timer(&mut out);
+        assert!(out.closed.is_empty() && out.take(1).is_empty(), "the old deadline is gone");
+        out.now_ms = START_MS + 570_000;
+        chat.on_timer(&mut out);
+        assert_eq!(out.take(1), [json!({"type": "refresh"})]);
+    }
+
+    #[test]
+    fn the_tokens_name_is_held_against_guests_and_older_connections() {
+        let (mut chat, mut out) = (chat(AuthMode::Optional), Recorder::default());
+        open(&mut chat, &mut out, 1, "/?name=alice");
+        let welcome = open(&mut chat, &mut out, 2, &format!("/?token={}", token("alice", 600)));
+        assert_eq!(welcome["name"], "alice");
+        let guest = out.take(1);
+        assert_eq!((&guest[0]["type"], &guest[0]["name"]), (&json!("nick"), &json!("guest-1")));
+        assert_eq!(guest[1]["code"], "name_taken");
+        say(&mut chat, &mut out, 2, r#"{"type":"nick","name":"alicia"}"#);
+        assert_eq!(out.take(2)[0]["code"], "forbidden");
+        // The same name again: the newest connection wins, the older is closed with 4002 and
+        // leaving does not free the name the newer one holds.
+        open(&mut chat, &mut out, 3, &format!("/?token={}", token("alice", 600)));
+        assert_eq!(out.closed, [(Token(2), CloseCode::from(SIGNED_IN_ELSEWHERE))]);
+        chat.on_close(Token(2), &mut out);
+        say(&mut chat, &mut out, 1, r#"{"type":"nick","name":"alice"}"#);
+        assert_eq!(out.take(1).last().unwrap()["code"], "name_taken");
+    }
+
+    #[test]
+    fn a_token_with_rooms_keeps_its_member_to_them() {
+        let (mut chat, mut out) = (chat(AuthMode::Required), Recorder::default());
+        let rooms = Some(vec!["go".to_owned(), "rust".to_owned()]);
+        let limited = mint(SECRET, "bob", START_MS / 1000 + 600, rooms).unwrap();
+        chat.on_open(Token(1), &format!("/?room=lobby&token={limited}"), &mut out);
+        let events = out.take(1);
+        assert_eq!((&events[0]["room"], &events[1]["code"]), (&json!("go"), &json!("forbidden")));
+        say(&mut chat, &mut out, 1, r#"{"type":"join","room":"rust"}"#);
+        assert_eq!(out.take(1)[0]["type"], "room");
+        say(&mut chat, &mut out, 1, r#"{"type":"join","room":"lobby"}"#);
+        assert_eq!(out.take(1)[0]["code"], "forbidden");
+    }
+}
