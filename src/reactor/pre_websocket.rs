@@ -36,7 +36,7 @@ impl<H: Handler> Reactor<H> {
             (Route::Wait | Route::Upgrade { .. }, HeadRead::PeerClosed) => self.end(token, Ending::Drop),
             (Route::Wait, _) => {}
             (Route::Upgrade { target }, _) => self.start_handshake(token, target),
-            (Route::Respond(response), _) => self.reply(token, response),
+            (Route::Respond(response), _) => self.refuse(token, response),
             (Route::Get(head), _) => {
                 let response = self.handler.respond(&head, &self.stats()).unwrap_or_else(|| fallback(&head));
                 self.reply(token, response);
@@ -48,9 +48,18 @@ impl<H: Handler> Reactor<H> {
                         self.max_connections
                     );
                 }
-                self.reply(token, http::unavailable("too many connections\n"));
+                self.refuse(token, http::unavailable("too many connections\n"));
             }
         }
+    }
+
+    /// Answers a request the server will not serve (not HTTP, not a `GET`, an upgrade it does
+    /// not take) with `response`, counted by its status for `/metrics`.
+    fn refuse(&mut self, token: Token, response: Vec<u8>) {
+        if let Some(status) = http::status_of(&response) {
+            self.connections.stats.refused.add(status);
+        }
+        self.reply(token, response);
     }
 
     /// Hands the request head, replayed, to tungstenite's server handshake.
@@ -87,6 +96,7 @@ impl<H: Handler> Reactor<H> {
                 self.connections.arm(token, self.connections.now + self.timeouts.ping_interval);
                 debug!("connection {} opened a WebSocket at {target}", token.0);
                 self.connections.stats.connections += 1;
+                self.connections.stats.connections_accepted += 1;
                 self.handler.on_open(token, &target, &mut self.connections);
                 self.settle();
             }
