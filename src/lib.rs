@@ -51,6 +51,7 @@ pub mod config;
 pub mod frame;
 pub mod handler;
 pub mod http;
+pub mod metrics;
 pub mod reactor;
 pub mod timer;
 

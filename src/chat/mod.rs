@@ -52,6 +52,8 @@ pub struct Chat {
     next_id: u64,
     /// When the reactor was last asked to wake the chat (to drop expired rooms), in Unix ms.
     wake_at: Option<u64>,
+    /// Frames dropped by the rate limit since start-up (`/metrics`).
+    rate_limited_frames: u64,
 }
 
 /// One connected person.
@@ -80,6 +82,7 @@ impl Chat {
             rooms: Rooms::new(retention, fastrand::u64(..)),
             next_id: 1,
             wake_at: None,
+            rate_limited_frames: 0,
         }
     }
 
@@ -142,6 +145,11 @@ impl Chat {
     /// Bytes of history kept across all rooms.
     pub fn history_bytes(&self) -> usize {
         self.rooms.history_bytes()
+    }
+
+    /// Frames dropped by the rate limit (each answered with a `rate_limited` error).
+    pub fn rate_limited_frames(&self) -> u64 {
+        self.rate_limited_frames
     }
 
     /// A new member arrives, with the name and room its upgrade URL asked for.
@@ -394,6 +402,7 @@ impl Handler for Chat {
         // Parsed before the rate check, so that even a `rate_limited` error echoes the id.
         let Parsed { id, request } = parse_request(&text);
         if !self.within_rate_limit(connection, out.unix_time_ms()) {
+            self.rate_limited_frames += 1;
             let rejection = Rejection::new(ErrorCode::RateLimited, "too many messages; this one was dropped");
             return reject(out, connection, &rejection, id.as_deref());
         }
