@@ -15,6 +15,10 @@ step "lints"
 cargo clippy --all-targets -- -D warnings
 
 step "unit and integration tests"
+# tests/metrics.rs reads /metrics with the Prometheus client library's own parser.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    python3 -m pip install --quiet prometheus-client
+fi
 cargo test --release
 
 step "no async runtime in the server's dependency tree"
