@@ -1,7 +1,7 @@
 //! `GET /metrics` against the real binary: traffic of every kind the metrics count is driven
 //! through real sockets, then the exposition is read by a real parser (the Python
-//! `prometheus_client` package's, which `scripts/test.sh` installs) and every value compared with
-//! what was driven.
+//! `prometheus_client` package's, which `scripts/test.sh` installs; and `promtool check metrics`
+//! where it is installed) and every value compared with what was driven.
 
 mod common;
 
@@ -82,6 +82,7 @@ fn scrape(server: &Server) -> Scrape {
         "the parser rejected the exposition: {}\n{body}",
         String::from_utf8_lossy(&output.stderr)
     );
+    promtool_check(body);
     let parsed: Value = serde_json::from_slice(&output.stdout).unwrap();
     let families = parsed["families"].as_object().unwrap();
     let samples = parsed["samples"].as_object().unwrap();
@@ -92,6 +93,26 @@ fn scrape(server: &Server) -> Scrape {
             .collect(),
         samples: samples.iter().map(|(name, value)| (name.clone(), value.as_f64().unwrap())).collect(),
     }
+}
+
+/// Where Prometheus's own `promtool` is installed (Debian's `prometheus` package; optional,
+/// as the package is large), its `check metrics` must accept the exposition too, lints included.
+fn promtool_check(body: &str) {
+    let Ok(mut promtool) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool is not installed: `promtool check metrics` skipped");
+        return;
+    };
+    promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{body}");
 }
 
 /// The status an upgrade from `origin` is answered with; the client, if it got a 101.
