@@ -20,7 +20,9 @@
 //!   - `reactor/outgoing.rs`: a connection's output queue (shared frames, own bytes), written
 //!     with `writev`.
 //!   - `reactor/pacing.rs`: when the loop writes: flush rounds paced by their cost.
-//!   - `reactor/stats.rs`: the counters behind `/stats`; `reactor/throttle.rs`: rate-limited logs.
+//!   - `reactor/stats.rs`: the counters behind `/stats` and `/metrics`; `reactor/histogram.rs`:
+//!     the fixed-bucket histograms the loop times its iterations and flush rounds with;
+//!     `reactor/throttle.rs`: rate-limited logs.
 //! - [`handler`]: the seam between reactor and application ([`handler::Handler`],
 //!   [`handler::Outbox`]).
 //! - [`frame`]: a WebSocket frame encoded once and shared by every connection it is sent to.
@@ -28,6 +30,8 @@
 //!   resume, DMs, routing), its JSON wire format in [`chat::protocol`], its rooms kept for a while
 //!   after their last member left, its bounded history, its rate limiter and its page.
 //! - [`http`]: request-head parsing and responses for the pre-WebSocket stage.
+//! - [`metrics`]: `GET /metrics`, the reactor's counters and timings (and the handler's own
+//!   numbers) in the Prometheus text format, built per scrape with `prometheus-client`.
 //! - [`config`]: every command-line flag and the tungstenite settings derived from them.
 //! - [`timer`]: the hashed timing wheel that holds every deadline (handshakes, heartbeats,
 //!   close handshakes, the handler's own wake-up) and tells `poll` how long it may sleep.
