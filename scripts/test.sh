@@ -25,6 +25,10 @@ if ((${#missing[@]})); then
 fi
 
 step "unit and integration tests"
+# tests/metrics.rs reads /metrics with the Prometheus client library's own parser.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    python3 -m pip install --quiet prometheus-client
+fi
 cargo test --release
 
 step "deployment files: systemd units, nginx's TLS site, the Caddyfile (deploy/)"

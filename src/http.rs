@@ -161,6 +161,13 @@ pub fn response(
     bytes
 }
 
+/// The status code of a response made by [`response`] (`HTTP/1.1 NNN ...`); `None` for bytes
+/// that do not start like one.
+pub fn status_of(response: &[u8]) -> Option<u16> {
+    let digits = response.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// A plain-text response.
 pub fn plain(status: u16, reason: &str, body: &str) -> Vec<u8> {
     response(status, reason, TEXT, &[], body.as_bytes())
@@ -241,6 +248,14 @@ mod tests {
         assert_eq!(status_of(&check_upgrade(old.as_bytes()).unwrap_err()), "426");
         let keyless = UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
         assert_eq!(status_of(&check_upgrade(keyless.as_bytes()).unwrap_err()), "400");
+    }
+
+    #[test]
+    fn the_status_of_a_response_is_read_back() {
+        assert_eq!(super::status_of(&unavailable("full\n")), Some(503));
+        assert_eq!(super::status_of(&too_large()), Some(431));
+        assert_eq!(super::status_of(b"HTTP/1.1 4"), None);
+        assert_eq!(super::status_of(b"garbage"), None);
     }
 
     #[test]

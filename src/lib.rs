@@ -20,7 +20,9 @@
 //!   - `reactor/outgoing.rs`: a connection's output queue (shared frames, own bytes), written
 //!     with `writev`.
 //!   - `reactor/pacing.rs`: when the loop writes: flush rounds paced by their cost.
-//!   - `reactor/stats.rs`: the counters behind `/stats`; `reactor/throttle.rs`: rate-limited logs.
+//!   - `reactor/stats.rs`: the counters behind `/stats` and `/metrics`; `reactor/histogram.rs`:
+//!     the fixed-bucket histograms the loop times its iterations and flush rounds with;
+//!     `reactor/throttle.rs`: rate-limited logs.
 //! - [`handler`]: the seam between reactor and application ([`handler::Handler`],
 //!   [`handler::Outbox`]).
 //! - [`frame`]: a WebSocket frame encoded once and shared by every connection it is sent to.
@@ -30,6 +32,8 @@
 //! - [`http`]: request-head parsing and responses for the pre-WebSocket stage.
 //! - [`proxy`]: the client's address behind a trusted proxy (`Forwarded`, `X-Forwarded-For`).
 //! - [`auth`]: signed tokens (JWT, HS256): checking them against a secret, and making them.
+//! - [`metrics`]: `GET /metrics`, the reactor's counters and timings (and the handler's own
+//!   numbers) in the Prometheus text format, built per scrape with `prometheus-client`.
 //! - [`config`]: every command-line flag and the tungstenite settings derived from them.
 //! - [`timer`]: the hashed timing wheel that holds every deadline (handshakes, heartbeats,
 //!   close handshakes, the handler's own wake-up) and tells `poll` how long it may sleep.
@@ -54,6 +58,7 @@ pub mod config;
 pub mod frame;
 pub mod handler;
 pub mod http;
+pub mod metrics;
 pub mod proxy;
 pub mod reactor;
 pub mod timer;

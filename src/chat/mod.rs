@@ -60,6 +60,8 @@ pub struct Chat {
     auth: Option<Auth>,
     /// Signed members' refresh and expiry deadlines.
     token_deadlines: TokenDeadlines,
+    /// Frames dropped by the rate limit since start-up (`/metrics`).
+    rate_limited_frames: u64,
 }
 
 /// One connected person.
@@ -92,6 +94,7 @@ impl Chat {
             wake_at: None,
             auth: None,
             token_deadlines: TokenDeadlines::default(),
+            rate_limited_frames: 0,
         }
     }
 
@@ -154,6 +157,11 @@ impl Chat {
     /// Bytes of history kept across all rooms.
     pub fn history_bytes(&self) -> usize {
         self.rooms.history_bytes()
+    }
+
+    /// Frames dropped by the rate limit (each answered with a `rate_limited` error).
+    pub fn rate_limited_frames(&self) -> u64 {
+        self.rate_limited_frames
     }
 
     /// A new member arrives, with the name and room its upgrade URL (or its token) asked for.
@@ -461,6 +469,7 @@ impl Handler for Chat {
         // Parsed before the rate check, so that even a `rate_limited` error echoes the id.
         let Parsed { id, request } = parse_request(&text);
         if !self.within_rate_limit(connection, out.unix_time_ms()) {
+            self.rate_limited_frames += 1;
             let rejection = Rejection::new(ErrorCode::RateLimited, "too many messages; this one was dropped");
             return reject(out, connection, &rejection, id.as_deref());
         }

@@ -292,4 +292,5 @@ fn frames_over_the_rate_limit_are_dropped_with_an_error() {
     let errors = out.take(1).into_iter().filter(|event| event["type"] == "error").collect::<Vec<_>>();
     assert_eq!(errors.len(), 180);
     assert!(errors.iter().all(|event| event["code"] == "rate_limited"));
+    assert_eq!(chat.rate_limited_frames(), 180, "every dropped frame is counted for /metrics");
 }

@@ -1,11 +1,12 @@
-//! The chat's face for plain HTTP on the WebSocket port: the browser page at `/` and the counters
-//! at `/stats`.
+//! The chat's face for plain HTTP on the WebSocket port: the browser page at `/`, the counters
+//! at `/stats` (JSON) and at `/metrics` (Prometheus).
 
 use serde::Serialize;
 
 use super::Chat;
 use crate::handler::{RequestHead, Stats};
 use crate::http;
+use crate::metrics::{Exposition, Unit};
 
 /// The whole browser client: HTML, CSS and JavaScript in one file, compiled into the binary.
 const PAGE: &str = include_str!("../../web/index.html");
@@ -42,6 +43,32 @@ pub fn respond(chat: &Chat, request: &RequestHead, stats: &Stats) -> Option<Vec<
                 .expect("stats always serialize");
             Some(http::response(200, "OK", "application/json", &[("Cache-Control", "no-cache")], &body))
         }
+        "/metrics" => Some(metrics(chat, stats).response()),
         _ => None,
     }
+}
+
+/// `GET /metrics`: the reactor's metrics plus the chat's own.
+fn metrics(chat: &Chat, stats: &Stats) -> Exposition {
+    let mut metrics = Exposition::new(stats);
+    metrics.gauge("rooms", None, "Rooms that have members", chat.room_count() as u64);
+    metrics.gauge(
+        "rooms_without_members",
+        None,
+        "Rooms kept without members for --history-ttl, so that their last members can resume",
+        chat.rooms_kept_empty() as u64,
+    );
+    metrics.gauge(
+        "history",
+        Some(Unit::Bytes),
+        "Bytes of history kept across all rooms (bounded by --history-memory)",
+        chat.history_bytes() as u64,
+    );
+    metrics.counter(
+        "rate_limited_frames",
+        None,
+        "Frames dropped by --rate-limit, each answered with a rate_limited error",
+        chat.rate_limited_frames(),
+    );
+    metrics
 }

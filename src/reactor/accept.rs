@@ -12,6 +12,7 @@ use mio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::connection::refuse;
+use super::stats::Tally;
 use super::throttle::Throttle;
 use crate::http;
 
@@ -92,14 +93,15 @@ impl Acceptor {
 
     /// Returns the next connection to keep, or `None` once the listener would block. `held` is
     /// the number of sockets the server holds now. Connections it cannot keep are answered and
-    /// closed here.
-    pub fn accept(&mut self, held: usize) -> Option<(TcpStream, SocketAddr)> {
+    /// closed here, and counted in `refused` by the status they were sent.
+    pub fn accept(&mut self, held: usize, refused: &mut Tally) -> Option<(TcpStream, SocketAddr)> {
         loop {
             let listener = self.listener.as_ref()?;
             match listener.accept() {
                 Ok((stream, peer)) if held >= self.max_sockets => {
                     self.warn(format_args!("holding {held} sockets, the most allowed; refusing {peer}"));
                     let _ = refuse(stream, &http::unavailable("too many connections\n"));
+                    refused.add(503);
                 }
                 Ok((stream, peer)) => {
                     // Chat frames are small and latency matters more than packet count; the
@@ -118,7 +120,7 @@ impl Acceptor {
                     self.warn(format_args!(
                         "accept failed: {error}; refusing new connections until descriptors free up"
                     ));
-                    if !self.shed_one() {
+                    if !self.shed_one(refused) {
                         return None;
                     }
                 }
@@ -135,7 +137,7 @@ impl Acceptor {
     /// Returns whether it shed one: `false` when the queue is empty (Linux's `accept` reports
     /// `EMFILE` before it looks at the queue, so the error alone does not mean anyone is waiting)
     /// or when there is no spare to use.
-    fn shed_one(&mut self) -> bool {
+    fn shed_one(&mut self, refused: &mut Tally) -> bool {
         let Some(listener) = &self.listener else { return false };
         let Some(spare) = self.spare.take() else { return false };
         drop(spare);
@@ -143,6 +145,7 @@ impl Acceptor {
             Ok((stream, _)) => {
                 let response = http::unavailable("server out of file descriptors\n");
                 let _ = refuse(stream, &response);
+                refused.add(503);
                 true
             }
             Err(_) => false,

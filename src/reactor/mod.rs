@@ -11,6 +11,7 @@ mod connection;
 mod connections;
 mod deadlines;
 mod failure;
+mod histogram;
 mod outgoing;
 mod pacing;
 mod pre_websocket;
@@ -42,7 +43,7 @@ use failure::{Failure, classify};
 use pacing::FlushPacing;
 use throttle::Throttle;
 
-pub use stats::Stats;
+pub use stats::{Histogram, Stats, Tally};
 
 /// The listener's token. Connection tokens are slab keys, which count up from 0, so the
 /// listener and the signal pipe take the other end of the range.
@@ -109,7 +110,8 @@ impl<H: Handler> Reactor<H> {
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let started = Instant::now();
         let send_buffer_limit = config.max_send_buffer as usize;
-        let connections = Connections::new(poll.registry().try_clone()?, started, send_buffer_limit);
+        let mut connections = Connections::new(poll.registry().try_clone()?, started, send_buffer_limit);
+        connections.stats.start_time_unix_ms = unix_time_ms();
         Ok(Reactor {
             poll,
             acceptor,
@@ -177,7 +179,8 @@ impl<H: Handler> Reactor<H> {
         if let Err(error) = self.poll.poll(events, timeout) {
             return if error.kind() == io::ErrorKind::Interrupted { Ok(Flow::Continue) } else { Err(error) };
         }
-        self.connections.now = Instant::now();
+        let woke = Instant::now();
+        self.connections.now = woke;
         self.connections.unix_time_ms = unix_time_ms();
         for event in events.iter() {
             match event.token() {
@@ -194,14 +197,22 @@ impl<H: Handler> Reactor<H> {
         if self.pacing.is_due(self.connections.now) && !self.connections.to_flush.is_empty() {
             let started = Instant::now();
             self.flush_queued();
-            self.pacing.record(started, Instant::now());
+            let ended = Instant::now();
+            self.pacing.record(started, ended);
+            self.connections.stats.flush_round.observe(ended.saturating_duration_since(started));
         }
         self.connections.reap();
-        Ok(self.shutdown_progress())
+        let flow = self.shutdown_progress();
+        // The loop times itself: one clock read and one histogram entry per iteration, the sleep
+        // in `poll` left out.
+        self.connections.stats.loop_iteration.observe(woke.elapsed());
+        Ok(flow)
     }
 
     fn accept_until_would_block(&mut self) {
-        while let Some((stream, peer)) = self.acceptor.accept(self.connections.slab.len()) {
+        while let Some((stream, peer)) =
+            self.acceptor.accept(self.connections.slab.len(), &mut self.connections.stats.refused)
+        {
             let now = self.connections.now;
             let serial = self.connections.next_serial();
             let entry = self.connections.slab.vacant_entry();
@@ -262,9 +273,18 @@ impl<H: Handler> Reactor<H> {
                 // tungstenite queued the pong; the flush at the end of the iteration sends it.
                 Ok(Message::Ping(_)) => self.connections.queue_flush(token),
                 Ok(Message::Pong(_) | Message::Frame(_)) => {}
-                // tungstenite queued the reply to the peer's close frame; the next read flushes it
-                // and reports the handshake complete.
-                Ok(Message::Close(_)) => self.end(token, Ending::PeerClosed),
+                // tungstenite queued the reply to the peer's close frame (the frame it returns
+                // here, its code echoed, or 1002 for a code no one may send); the next read
+                // flushes it and reports the handshake complete. A close that answers ours gets
+                // no reply.
+                Ok(Message::Close(frame)) => {
+                    if open {
+                        // RFC 6455 section 7.1.5: no status code in the frame reads as 1005.
+                        let code = frame.map_or(1005, |frame| u16::from(frame.code));
+                        self.connections.stats.close_codes_sent.add(code);
+                    }
+                    self.end(token, Ending::PeerClosed)
+                }
                 Err(error) => match classify(error) {
                     Failure::WouldBlock => return,
                     Failure::Interrupted => {}
@@ -313,6 +333,7 @@ impl<H: Handler> Reactor<H> {
                 connection.phase =
                     if failing { Phase::Failing(websocket) } else { Phase::Closing(websocket) };
                 if queued {
+                    self.connections.stats.close_codes_sent.add(u16::from(code));
                     self.connections.queue_flush(token);
                     self.connections.arm(token, self.connections.now + self.timeouts.close);
                 } else {

@@ -37,7 +37,7 @@ impl<H: Handler> Reactor<H> {
             (Route::Wait | Route::Upgrade(_), HeadRead::PeerClosed) => self.end(token, Ending::Drop),
             (Route::Wait, _) => {}
             (Route::Upgrade(head), _) => self.admit(token, head),
-            (Route::Respond(response), _) => self.reply(token, response),
+            (Route::Respond(response), _) => self.refuse(token, response),
             (Route::Get(head), _) => {
                 let response = self.handler.respond(&head, &self.stats()).unwrap_or_else(|| fallback(&head));
                 self.reply(token, response);
@@ -49,7 +49,7 @@ impl<H: Handler> Reactor<H> {
                         self.max_connections
                     );
                 }
-                self.reply(token, http::unavailable("too many connections\n"));
+                self.refuse(token, http::unavailable("too many connections\n"));
             }
         }
     }
@@ -77,13 +77,22 @@ impl<H: Handler> Reactor<H> {
                 );
             }
             let response = http::plain(429, "Too Many Requests", "too many connections from your address\n");
-            return self.reply(token, response);
+            return self.refuse(token, response);
         }
         if let Err(refusal) = self.handler.check_upgrade(&head, self.connections.unix_time_ms) {
             info!("connection {} from {client}: upgrade refused: {}", token.0, refusal.reason);
-            return self.reply(token, refusal.response);
+            return self.refuse(token, refusal.response);
         }
         self.start_handshake(token, head.target);
+    }
+
+    /// Answers a request the server will not serve (not HTTP, not a `GET`, an upgrade it does
+    /// not take) with `response`, counted by its status for `/metrics`.
+    fn refuse(&mut self, token: Token, response: Vec<u8>) {
+        if let Some(status) = http::status_of(&response) {
+            self.connections.stats.refused.add(status);
+        }
+        self.reply(token, response);
     }
 
     /// Hands the request head, replayed, to tungstenite's server handshake.
@@ -127,6 +136,7 @@ impl<H: Handler> Reactor<H> {
                     http::redacted(&target)
                 );
                 self.connections.stats.connections += 1;
+                self.connections.stats.connections_accepted += 1;
                 self.handler.on_open(token, &target, &mut self.connections);
                 self.settle();
             }

@@ -1,14 +1,19 @@
-//! Counters the reactor keeps for operators (`GET /stats`). Plain integers: the loop is the only
-//! writer and the only reader.
+//! Counters and timings the reactor keeps for operators (`GET /stats`, `GET /metrics`). Plain
+//! integers: the loop is the only writer and the only reader, and `/metrics` turns them into
+//! Prometheus metrics at scrape time (`src/metrics.rs`).
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
 
 use serde::Serialize;
 
-/// The reactor's counters since start-up.
-#[derive(Debug, Default, Serialize)]
+pub use super::histogram::Histogram;
+
+/// The reactor's counters since start-up. `/stats` serializes the fields up to `uptime_seconds`
+/// (its JSON has not changed since the first version); the rest are for `/metrics` only.
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Stats {
     /// Open WebSocket connections (the handler has seen `on_open` and not yet `on_close`).
     pub connections: usize,
@@ -24,6 +29,51 @@ pub struct Stats {
     pub slow_consumers_dropped: u64,
     /// Seconds since the server started.
     pub uptime_seconds: u64,
+    /// When the server started, in Unix milliseconds.
+    #[serde(skip)]
+    pub start_time_unix_ms: u64,
+    /// WebSocket handshakes completed.
+    #[serde(skip)]
+    pub connections_accepted: u64,
+    /// Requests refused before they became WebSockets, by the HTTP status they were answered
+    /// with: malformed heads, methods other than `GET`, and upgrades the server would not take
+    /// (over capacity, bad origin, bad handshake). A `GET` answered with a page or a 404 is not
+    /// a refusal.
+    #[serde(skip)]
+    pub refused: Tally,
+    /// Close frames queued for clients, by close code: those the server starts and its replies
+    /// to the clients' own (a reply to a close frame without a code counts as 1005, the code
+    /// RFC 6455 section 7.1.5 gives "no status code").
+    #[serde(skip)]
+    pub close_codes_sent: Tally,
+    /// Each loop iteration's work: from `poll` returning to the end of the iteration.
+    #[serde(skip)]
+    pub loop_iteration: Histogram,
+    /// Each flush round's duration (`reactor/pacing.rs`).
+    #[serde(skip)]
+    pub flush_round: Histogram,
+}
+
+/// Counts by a small number: an HTTP status, a close code. Kept sorted, so the exposition lists
+/// them in order. Only counted once per connection at most (a refusal, a close), never per
+/// message.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Tally(BTreeMap<u16, u64>);
+
+impl Tally {
+    pub fn add(&mut self, key: u16) {
+        *self.0.entry(key).or_default() += 1;
+    }
+
+    /// The count for `key` (0 if never counted).
+    pub fn get(&self, key: u16) -> u64 {
+        self.0.get(&key).copied().unwrap_or(0)
+    }
+
+    /// Every key counted, with its count, in ascending order of key.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.0.iter().map(|(key, count)| (*key, *count))
+    }
 }
 
 /// Byte counters shared by every WebSocket's socket wrapper: tungstenite reads and writes through
@@ -48,12 +98,48 @@ impl Traffic {
     }
 }
 
-/// The stats as of `now`.
+/// The stats as of `now`. A copy, taken for each `/stats` or `/metrics` request: a few hundred
+/// bytes.
 pub fn snapshot(counters: &Stats, traffic: &Traffic, started: Instant, now: Instant) -> Stats {
     Stats {
         bytes_in: traffic.bytes_in.get(),
         bytes_out: traffic.bytes_out.get(),
         uptime_seconds: now.duration_since(started).as_secs(),
-        ..*counters
+        ..counters.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_counts_each_key_and_lists_them_in_order() {
+        let mut tally = Tally::default();
+        for status in [503, 403, 503, 400] {
+            tally.add(status);
+        }
+        assert_eq!(tally.iter().collect::<Vec<_>>(), [(400, 1), (403, 1), (503, 2)]);
+        assert_eq!(tally.get(503), 2);
+        assert_eq!(tally.get(401), 0);
+    }
+
+    #[test]
+    fn the_json_of_stats_is_unchanged_by_the_metrics_only_fields() {
+        let mut stats = Stats::default();
+        stats.refused.add(503);
+        stats.connections_accepted = 4;
+        let json = serde_json::to_value(&stats).unwrap();
+        let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let expected = [
+            "bytes_in",
+            "bytes_out",
+            "connections",
+            "messages_in",
+            "messages_out",
+            "slow_consumers_dropped",
+            "uptime_seconds",
+        ];
+        assert_eq!(keys, expected);
     }
 }
