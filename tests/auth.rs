@@ -80,7 +80,9 @@ fn without_a_valid_token_an_upgrade_gets_401_and_the_log_says_why() {
         assert!(line.contains(reason), "{line}");
         assert!(!line.contains(token), "the token is in the log: {line}");
     }
-    // Plain HTTP needs no token.
+    // Every refusal is counted for /metrics by its status; plain HTTP needs no token.
+    let metrics = server.http(b"GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(metrics.contains("wschat_connections_refused_total{reason=\"401\"} 7"), "{metrics}");
     assert!(server.http(b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
     assert!(server.http(b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
 }
