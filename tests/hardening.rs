@@ -79,10 +79,7 @@ fn a_client_that_never_reads_is_dropped_and_nobody_else_misses_a_message() {
             Err(error) => panic!("the lazy client was not disconnected: {error}"),
         }
     }
-    let stats: serde_json::Value = {
-        let response = server.http(b"GET /stats HTTP/1.1\r\n\r\n");
-        serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
-    };
+    let stats = server.stats();
     assert_eq!(stats["slow_consumers_dropped"], 1);
 }
 
@@ -101,10 +98,7 @@ fn a_client_that_floods_pings_and_never_reads_the_pongs_is_dropped_as_a_slow_rea
     }
     server.wait_for_log("send buffer full");
     assert_eq!(witness.recv_type("left")["user"]["name"], "flooder");
-    let stats: serde_json::Value = {
-        let response = server.http(b"GET /stats HTTP/1.1\r\n\r\n");
-        serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
-    };
+    let stats = server.stats();
     assert_eq!(stats["slow_consumers_dropped"], 1);
 }
 
@@ -315,12 +309,7 @@ fn readers_that_never_read_are_reset_at_once_and_pin_little_kernel_memory() {
          machine TCP memory {pages_before} pages before, at most {most_pages} during"
     );
     assert!(most_bytes <= bound, "{most_bytes} bytes in the kernel for {LAZY} lazy readers, over {bound}");
-    assert_eq!(stats_of(&server)["slow_consumers_dropped"], LAZY);
+    assert_eq!(server.stats()["slow_consumers_dropped"], LAZY);
     server.wait_for_log("send buffer full");
     drop(lazy);
-}
-
-fn stats_of(server: &Server) -> serde_json::Value {
-    let response = server.http(b"GET /stats HTTP/1.1\r\n\r\n");
-    serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
 }

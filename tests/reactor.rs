@@ -334,8 +334,7 @@ fn an_ordinary_send_buffer_starts_and_only_an_event_too_large_for_it_is_refused(
     // A message of the largest size in plain text still goes through, and nobody was dropped.
     alice.send_text(&"a".repeat(65_000));
     assert_eq!(bob.recv_type("message")["text"].as_str().map(str::len), Some(65_000));
-    let response = server.http(b"GET /stats HTTP/1.1\r\n\r\n");
-    let stats: serde_json::Value = serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let stats = server.stats();
     assert_eq!((&stats["slow_consumers_dropped"], &stats["connections"]), (&json!(0), &json!(2)));
 }
 

@@ -14,11 +14,6 @@ fn texts(events: &Value) -> Vec<&str> {
     events.as_array().unwrap().iter().map(|event| event["text"].as_str().unwrap()).collect()
 }
 
-fn stats(server: &Server) -> Value {
-    let response = server.http(b"GET /stats HTTP/1.1\r\n\r\n");
-    serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
-}
-
 #[test]
 fn messages_carry_the_room_seq_and_acks_confirm_it() {
     let server = Server::start(&[]);
@@ -112,11 +107,11 @@ fn a_room_keeps_its_history_for_its_last_member_until_the_ttl_passes() {
     drop(alone);
     // Once the server has seen the close, the room is kept without members.
     let give_up = Instant::now() + DEADLINE;
-    while stats(&server)["rooms_without_members"] != 1 {
-        assert!(Instant::now() < give_up, "the room was not kept: {}", stats(&server));
+    while server.stats()["rooms_without_members"] != 1 {
+        assert!(Instant::now() < give_up, "the room was not kept: {}", server.stats());
         thread::sleep(Duration::from_millis(10)); // Polling the counters; there is no event.
     }
-    let kept = stats(&server);
+    let kept = server.stats();
     assert!(kept["history_bytes"].as_u64().unwrap() > 0, "{kept}");
     let (back, welcome) = server.join(&format!("/?name=alone&room=attic&since=0&epoch={epoch}"));
     assert_eq!(welcome["recovered"], true);
@@ -124,8 +119,8 @@ fn a_room_keeps_its_history_for_its_last_member_until_the_ttl_passes() {
     drop(back);
 
     // A second after the room empties again, the timer wheel has the server drop it.
-    while stats(&server)["rooms_without_members"] != 0 || stats(&server)["history_bytes"] != 0 {
-        assert!(Instant::now() < give_up, "the room was never dropped: {}", stats(&server));
+    while server.stats()["rooms_without_members"] != 0 || server.stats()["history_bytes"] != 0 {
+        assert!(Instant::now() < give_up, "the room was never dropped: {}", server.stats());
         thread::sleep(Duration::from_millis(50)); // Polling the counters; there is no event.
     }
     let (_, welcome) = server.join(&format!("/?room=attic&since=1&epoch={epoch}"));

@@ -155,6 +155,13 @@ impl Server {
         String::from_utf8_lossy(&response).into_owned()
     }
 
+    /// `GET /stats`, parsed.
+    pub fn stats(&self) -> Value {
+        let response = self.http(b"GET /stats HTTP/1.1\r\n\r\n");
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        serde_json::from_str(body).unwrap_or_else(|error| panic!("/stats is not JSON ({error}): {response}"))
+    }
+
     /// Sends a WebSocket upgrade for `target` and returns the whole response if it is refused
     /// (anything but 101), or `None` if the upgrade succeeded.
     pub fn refused_upgrade(&self, target: &str) -> Option<String> {
