@@ -31,6 +31,9 @@ if ! python3 -c 'import prometheus_client' 2>/dev/null; then
 fi
 cargo test --release
 
+step "fuzzing: every cargo-fuzz target for 30 s from the corpus in fuzz/corpus"
+scripts/fuzz.sh
+
 step "deployment files: systemd units, nginx's TLS site, the Caddyfile (deploy/)"
 scripts/verify-deploy.sh
 
