@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::handler::Frame;
 
 /// The clock the recorder starts at, in Unix milliseconds.
 pub const START_MS: u64 = 1_764_100_000_000;
