@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
     // A real token for a name from the input, then one byte changed at a place and to a value
     // the input chooses.
     let (Some(&at), Some(&value)) = (rest.first(), rest.get(1)) else { return };
-    let name = String::from_utf8_lossy(rest.get(2..).unwrap_or_default()).chars().take(32).collect::<String>();
+    let name =
+        String::from_utf8_lossy(rest.get(2..).unwrap_or_default()).chars().take(32).collect::<String>();
     let Ok(token) = mint(SECRET, &name, NOW_MS / 1000 + 60, None) else { return };
     let mut bytes = token.into_bytes();
     let index = usize::from(at) % bytes.len();
