@@ -66,9 +66,8 @@ fn a_client_that_never_reads_is_dropped_and_nobody_else_misses_a_message() {
 
     server.wait_for_log("send buffer full");
     let rss_growth_mib = server.rss_kib().saturating_sub(rss_before) / 1024;
-    assert!(rss_growth_mib < 32, "server memory grew by {rss_growth_mib} MiB for a 12 MB burst");
-    // The lazy client was told 1008 if its close frame fit, or simply dropped; either way the
-    // socket is closed once the kernel buffers drain.
+    assert!(rss_growth_mib < 32, "server memory grew by {rss_growth_mib} MiB for a 12 MB stream");
+    // The lazy client was reset: reading what its buffers still hold ends in the reset.
     lazy.stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut sink = vec![0u8; 1 << 16];
     loop {

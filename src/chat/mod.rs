@@ -174,16 +174,19 @@ impl Chat {
         self.next_id += 1;
         let mut problems = Vec::new();
 
-        let name = match (&identity, query.name.map(|name| self.check_name(&name, None).map(|()| name))) {
+        let name = match (&identity, query.name) {
+            // A token's name wins over the query's.
             (Some(identity), _) => {
                 self.claim_name(&identity.name, out);
                 identity.name.clone()
             }
-            (None, Some(Ok(name))) => name,
-            (None, Some(Err(rejection))) => {
-                problems.push(rejection);
-                guest_name(id)
-            }
+            (None, Some(name)) => match self.check_name(&name, None) {
+                Ok(()) => name,
+                Err(rejection) => {
+                    problems.push(rejection);
+                    guest_name(id)
+                }
+            },
             (None, None) => guest_name(id),
         };
         let room = match query.room.map(|room| check_room(&room).map(|()| room)) {
@@ -202,6 +205,7 @@ impl Chat {
         self.names.insert(name.clone(), token);
         let allowance = self.rate_limit.map(|limit| TokenBucket::full(limit, now));
         let signed = identity.map(|identity| self.token_deadlines.track(token, identity, now));
+        let signed_in = signed.is_some();
         self.members.insert(token, Member { id, name, room: room.clone(), allowance, signed });
         self.enter_room(token, &room, out);
         let welcome = self.room_snapshot(token, query.resume.as_ref(), |member, room| Event::Welcome {
@@ -213,7 +217,10 @@ impl Chat {
         for problem in problems {
             reject(out, token, &problem, None);
         }
-        self.schedule(out);
+        if signed_in {
+            // Its token's refresh may be the chat's nearest deadline now.
+            self.schedule(out);
+        }
     }
 
     /// A member leaves the server: its room hears `left`, its name becomes free.

@@ -169,16 +169,17 @@ impl Rooms {
         Some(emptied_at.saturating_add(self.retention.ttl_ms))
     }
 
-    /// Drops the rooms whose TTL has passed at `now_ms`; returns when the next one expires.
-    pub fn expire(&mut self, now_ms: u64) -> Option<u64> {
-        while let Some(expires_at) = self.next_expiry() {
-            if expires_at > now_ms {
-                return Some(expires_at);
-            }
-            let Some(name) = self.empty.values().next().cloned() else { break };
+    /// Drops the rooms whose TTL has passed at `now_ms`.
+    pub fn expire(&mut self, now_ms: u64) {
+        while self.next_expiry().is_some_and(|expires_at| expires_at <= now_ms) {
+            let Some(name) = self.empty_longest() else { break };
             self.drop_room(&name);
         }
-        None
+    }
+
+    /// The room that has been empty longest, if any room is kept empty.
+    fn empty_longest(&self) -> Option<String> {
+        self.empty.values().next().cloned()
     }
 
     /// Past `--history-memory`: first the rooms that have been empty longest go, history, epoch
@@ -186,7 +187,7 @@ impl Rooms {
     /// half (its epoch stays: its sequence is still whole, only less of it can be resumed).
     fn enforce_memory(&mut self) {
         while self.bytes > self.retention.memory {
-            if let Some(name) = self.empty.values().next().cloned() {
+            if let Some(name) = self.empty_longest() {
                 self.drop_room(&name);
                 continue;
             }

@@ -59,6 +59,13 @@ impl TokenDeadlines {
         self.0.remove(&signed.deadline);
     }
 
+    /// The refresh has been asked for: the member's next deadline is its token's expiry.
+    fn refresh_sent(&mut self, signed: &mut Signed) {
+        signed.refresh_sent = true;
+        signed.deadline = (signed.identity.expires_at_ms, signed.deadline.1);
+        self.0.insert(signed.deadline);
+    }
+
     /// The members whose deadline has come by `now_ms`, taken out of the set.
     fn take_due(&mut self, now_ms: u64) -> Vec<Token> {
         let mut due = Vec::new();
@@ -214,9 +221,7 @@ impl Chat {
                 out.close(token, CloseCode::from(TOKEN_EXPIRED), "token expired");
                 continue;
             }
-            signed.refresh_sent = true;
-            signed.deadline = (signed.identity.expires_at_ms, token);
-            self.token_deadlines.0.insert(signed.deadline);
+            self.token_deadlines.refresh_sent(signed);
             out.send(token, &Event::Refresh.to_frame());
         }
     }

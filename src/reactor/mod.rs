@@ -75,8 +75,6 @@ pub struct Reactor<H> {
     handler: H,
     connections: Connections,
     websocket_config: WebSocketConfig,
-    /// The most bytes queued for one connection (`--max-send-buffer`).
-    send_buffer_limit: usize,
     timeouts: Timeouts,
     max_connections: usize,
     /// Allowed `Origin` values for upgrades (`--origin`); empty allows all.
@@ -122,7 +120,6 @@ impl<H: Handler> Reactor<H> {
             handler,
             connections,
             websocket_config: config.websocket(),
-            send_buffer_limit,
             timeouts: Timeouts::from(config),
             max_connections: config.max_connections,
             origins: config.origins.clone(),

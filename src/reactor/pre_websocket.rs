@@ -124,7 +124,7 @@ impl<H: Handler> Reactor<H> {
         let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
         match result {
             Ok(mut websocket) => {
-                websocket.get_mut().start_queueing(self.send_buffer_limit);
+                websocket.get_mut().start_queueing(self.connections.send_buffer_limit);
                 let client = connection.client;
                 connection.phase = Phase::Open(websocket);
                 connection.last_activity = self.connections.now;
