@@ -107,6 +107,25 @@ pub struct Config {
     #[arg(long, env = "WSCHAT_REUSE_PORT")]
     pub reuse_port: bool,
 
+    /// Join the cluster of wschat processes that share this Redis (`redis://HOST:PORT[/DB]`):
+    /// rooms, names, membership and history live there. Without it, wschat runs alone.
+    #[arg(long, value_name = "URL", value_parser = parse_redis_url, env = "WSCHAT_REDIS")]
+    pub redis: Option<RedisUrl>,
+
+    /// The prefix of every Redis key and channel, so several clusters can share one Redis.
+    #[arg(long, default_value = "wschat", value_name = "PREFIX", value_parser = parse_label, env = "WSCHAT_REDIS_PREFIX")]
+    pub redis_prefix: String,
+
+    /// This process's name in the cluster (letters, digits, `.`, `_`, `-`); by default one made
+    /// of the host name, the process id and random bits, unique to this run.
+    #[arg(long, value_name = "ID", value_parser = parse_label, env = "WSCHAT_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// How long a node that vanished without a word (killed, its machine gone) keeps its
+    /// members: after it, the other nodes announce them `left` and free their names.
+    #[arg(long, default_value = "15", value_name = "SECS", value_parser = parse_seconds, env = "WSCHAT_NODE_TIMEOUT")]
+    pub node_timeout: Duration,
+
     /// A file holding the secret that signs tokens (JWT, HS256; the whole file, a trailing line
     /// ending dropped). Turns on tokens: clients pass one as `?token=` on the upgrade. A file, not
     /// a flag, so the secret is not in `ps`.
@@ -158,6 +177,48 @@ fn parse_rate(text: &str) -> Result<f64, String> {
         Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
         _ => Err(format!("`{text}` is not a rate (a number of messages per second, 0 for none)")),
     }
+}
+
+/// Where the cluster's Redis is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub addr: SocketAddr,
+    pub db: u32,
+}
+
+/// Parses `redis://HOST:PORT[/DB]` (the port defaults to 6379), resolving HOST once, now.
+fn parse_redis_url(text: &str) -> Result<RedisUrl, String> {
+    let rest =
+        text.strip_prefix("redis://").ok_or_else(|| format!("`{text}` does not start with redis://"))?;
+    let (host_port, db) = match rest.split_once('/') {
+        Some((host_port, "")) => (host_port, 0),
+        Some((host_port, db)) => {
+            (host_port, db.parse().map_err(|_| format!("`{db}` is not a database number"))?)
+        }
+        None => (rest, 0),
+    };
+    if host_port.contains('@') {
+        return Err("passwords in the Redis URL are not supported".to_owned());
+    }
+    let with_port = if host_port.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:6379")
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .map_err(|error| format!("cannot resolve `{host_port}`: {error}"))?
+        .next()
+        .ok_or_else(|| format!("`{host_port}` has no address"))?;
+    Ok(RedisUrl { addr, db })
+}
+
+/// Parses a name used in Redis keys: 1 to 64 letters, digits, `.`, `_` or `-`.
+fn parse_label(text: &str) -> Result<String, String> {
+    let fine = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-');
+    if text.is_empty() || text.len() > 64 || !text.bytes().all(fine) {
+        return Err(format!("`{text}` must be 1 to 64 letters, digits, `.`, `_` or `-`"));
+    }
+    Ok(text.to_owned())
 }
 
 /// The longest timeout or interval accepted.
@@ -225,5 +286,20 @@ mod tests {
         assert_eq!(config.history_memory, 64 << 20);
         assert_eq!(config.socket_send_buffer, 64 << 10);
         assert_eq!(config.log_level, LevelFilter::Info);
+        assert_eq!((config.redis, config.redis_prefix.as_str()), (None, "wschat"));
+        assert_eq!(config.node_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn redis_urls_name_an_address_and_a_database() {
+        let url = parse_redis_url("redis://127.0.0.1:7000/3").unwrap();
+        assert_eq!((url.addr.to_string().as_str(), url.db), ("127.0.0.1:7000", 3));
+        assert_eq!(parse_redis_url("redis://127.0.0.1").unwrap().addr.port(), 6379);
+        assert_eq!(parse_redis_url("redis://127.0.0.1:7000/").unwrap().db, 0);
+        for bad in ["127.0.0.1:6379", "redis://127.0.0.1:6379/x", "redis://user:pw@127.0.0.1"] {
+            assert!(parse_redis_url(bad).is_err(), "{bad} should be refused");
+        }
+        assert!(parse_label("node-1.a_b").is_ok());
+        assert!(parse_label("").is_err() && parse_label("a b").is_err() && parse_label("a:b").is_err());
     }
 }

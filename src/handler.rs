@@ -4,7 +4,10 @@
 //! The chat ([`crate::chat::Chat`]) and the conformance echo server (`examples/echo.rs`) are two
 //! handlers on the same reactor.
 
-use mio::Token;
+use std::io;
+use std::ops::RangeInclusive;
+
+use mio::{Registry, Token};
 
 pub use crate::frame::Frame;
 pub use crate::http::RequestHead;
@@ -41,6 +44,10 @@ pub trait Outbox {
     fn wake_at(&mut self, unix_ms: u64);
 }
 
+/// Tokens a handler may give its own sockets (the cluster's Redis connections). Connection tokens
+/// are slab keys, counting up from 0, and the reactor's own sources take the top three.
+pub const HANDLER_SOURCES: RangeInclusive<usize> = (usize::MAX - 66)..=(usize::MAX - 3);
+
 /// Why a handler will not let an upgrade through: the whole HTTP response to send instead (a 401,
 /// say) and the reason, for the log.
 #[derive(Debug)]
@@ -73,6 +80,29 @@ pub trait Handler {
 
     /// The time asked for with `Outbox::wake_at` has come.
     fn on_timer<O: Outbox>(&mut self, _out: &mut O) {}
+
+    /// Called once before the loop starts: a handler with sockets of its own (the cluster's Redis
+    /// connections) registers them with `registry`, with tokens from [`HANDLER_SOURCES`].
+    fn attach<O: Outbox>(&mut self, _registry: &Registry, _out: &mut O) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// One of the handler's own sockets is ready (edge-triggered, like every other source).
+    fn on_source<O: Outbox>(&mut self, _source: Token, _out: &mut O) {}
+
+    /// The end of a loop iteration, before the reactor flushes the connections: a handler
+    /// writes what it queued on its own sockets, so one iteration's requests go out as one batch.
+    fn end_of_iteration<O: Outbox>(&mut self, _out: &mut O) {}
+
+    /// A graceful shutdown began: every connection has been closed, and `on_close` called for
+    /// each, before this.
+    fn on_shutdown<O: Outbox>(&mut self, _out: &mut O) {}
+
+    /// Whether the handler still has work in flight that a graceful shutdown should wait for
+    /// (within `--shutdown-timeout`): the cluster's goodbyes to Redis.
+    fn is_busy(&self) -> bool {
+        false
+    }
 
     /// A plain HTTP `GET` (not an upgrade) arrived. Return a whole response (see
     /// [`crate::http::response`]) to answer it, or `None` to let the reactor answer: `200 ok` at

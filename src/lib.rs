@@ -29,6 +29,10 @@
 //! - [`chat`]: the chat rules as a pure state machine (rooms, names, sequences, history and
 //!   resume, DMs, routing), its JSON wire format in [`chat::protocol`], its rooms kept for a while
 //!   after their last member left, its bounded history, its rate limiter and its page.
+//! - [`cluster`]: many processes sharing rooms through Redis (`--redis`): a handler of its own
+//!   that shares the chat's rules; its Redis connections on the same loop (`cluster/redis.rs`,
+//!   `cluster/link.rs`, RESP in `cluster/resp.rs`), the script that changes shared state
+//!   (`cluster/ops.lua`), and each node's replicas of its members' rooms (`cluster/replica.rs`).
 //! - [`http`]: request-head parsing and responses for the pre-WebSocket stage.
 //! - [`proxy`]: the client's address behind a trusted proxy (`Forwarded`, `X-Forwarded-For`).
 //! - [`auth`]: signed tokens (JWT, HS256): checking them against a secret, and making them.
@@ -54,6 +58,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod frame;
 pub mod handler;

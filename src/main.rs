@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 use log::{error, info, warn};
 use wschat::auth::{self, AuthMode, Verifier};
 use wschat::chat::RateLimit;
+use wschat::chat::signed::Auth;
+use wschat::cluster::{Cluster, Settings};
+use wschat::config::RedisUrl;
 use wschat::{Chat, Config, Reactor};
 
 /// The command line: the server's flags, or a subcommand.
@@ -54,27 +57,28 @@ fn main() -> ExitCode {
     }
     raise_descriptor_limit();
     warn_about_buffers(&config);
-    // Half the send buffer for history leaves the other half for the member list in a welcome.
-    let mut chat = Chat::new(config.history)
-        .with_history_bytes(config.max_send_buffer as usize / 2)
-        .with_history_ttl(config.history_ttl)
-        .with_history_memory(config.history_memory);
-    if config.rate_limit > 0.0 {
-        chat = chat.with_rate_limit(RateLimit { per_second: config.rate_limit });
-    }
-    if let Some(path) = &config.auth_secret_file {
-        let verifier = match read_secret(path).and_then(|secret| Verifier::new(&secret)) {
-            Ok(verifier) => verifier,
+    let auth = match &config.auth_secret_file {
+        None => None,
+        Some(path) => match read_secret(path).and_then(|secret| Verifier::new(&secret)) {
+            Ok(verifier) => {
+                let mode = config.auth.unwrap_or(AuthMode::Required);
+                info!("tokens are {}", if mode == AuthMode::Required { "required" } else { "optional" });
+                Some(Auth { verifier, mode })
+            }
             Err(problem) => {
                 error!("--auth-secret-file {}: {problem}", path.display());
                 return ExitCode::from(2);
             }
-        };
-        let mode = config.auth.unwrap_or(AuthMode::Required);
-        info!("tokens are {}", if mode == AuthMode::Required { "required" } else { "optional" });
-        chat = chat.with_auth(verifier, mode);
-    }
-    let result = Reactor::bind(&config, chat).and_then(|mut reactor| reactor.run());
+        },
+    };
+    let rate_limit = (config.rate_limit > 0.0).then_some(RateLimit { per_second: config.rate_limit });
+    let result = match config.redis {
+        None => Reactor::bind(&config, chat(&config, rate_limit, auth)).and_then(|mut reactor| reactor.run()),
+        Some(redis) => {
+            let cluster = cluster(&config, redis, rate_limit, auth);
+            Reactor::bind(&config, cluster).and_then(|mut reactor| reactor.run())
+        }
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -82,6 +86,59 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The chat on its own, the default.
+fn chat(config: &Config, rate_limit: Option<RateLimit>, auth: Option<Auth>) -> Chat {
+    // Half the send buffer for history leaves the other half for the member list in a welcome.
+    let mut chat = Chat::new(config.history)
+        .with_history_bytes(history_bytes(config))
+        .with_history_ttl(config.history_ttl)
+        .with_history_memory(config.history_memory);
+    if let Some(limit) = rate_limit {
+        chat = chat.with_rate_limit(limit);
+    }
+    if let Some(auth) = auth {
+        chat = chat.with_auth(auth.verifier, auth.mode);
+    }
+    chat
+}
+
+/// The chat across the cluster that shares `redis` (`--redis`).
+fn cluster(config: &Config, redis: RedisUrl, rate_limit: Option<RateLimit>, auth: Option<Auth>) -> Cluster {
+    let node = config.node_id.clone().unwrap_or_else(default_node_id);
+    let settings = Settings {
+        redis: redis.addr,
+        db: redis.db,
+        prefix: config.redis_prefix.clone(),
+        node,
+        node_timeout_ms: u64::try_from(config.node_timeout.as_millis()).unwrap_or(u64::MAX),
+        history: config.history,
+        history_bytes: history_bytes(config),
+        history_ttl_ms: u64::try_from(config.history_ttl.as_millis()).unwrap_or(u64::MAX),
+    };
+    let mut cluster = Cluster::new(settings);
+    if let Some(limit) = rate_limit {
+        cluster = cluster.with_rate_limit(limit);
+    }
+    if let Some(auth) = auth {
+        cluster = cluster.with_auth(auth);
+    }
+    cluster
+}
+
+/// Half the send buffer for history leaves the other half for the member list in a welcome.
+fn history_bytes(config: &Config) -> usize {
+    config.max_send_buffer as usize / 2
+}
+
+/// A node id unique to this run: the host's name, the process id and random bits.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String =
+        host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect();
+    let host = if host.is_empty() { "wschat".to_owned() } else { host };
+    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
 }
 
 /// The secret: the file's bytes, less one trailing line ending (editors and `echo` add one).

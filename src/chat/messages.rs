@@ -101,7 +101,7 @@ impl Chat {
 
 /// An event fits if a recipient's send buffer can hold it when empty. One that could not would
 /// get every recipient dropped as a slow reader; its sender is told `too_large` instead.
-fn fits<O: Outbox>(event: &Frame, out: &O) -> Result<(), Rejection> {
+pub(crate) fn fits<O: Outbox>(event: &Frame, out: &O) -> Result<(), Rejection> {
     let limit = out.max_frame_bytes();
     if event.wire().len() <= limit {
         return Ok(());

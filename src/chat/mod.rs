@@ -4,13 +4,13 @@
 //! everything here is unit-tested without a network.
 
 mod history;
-mod messages;
-mod names;
+pub(crate) mod messages;
+pub(crate) mod names;
 pub mod protocol;
 mod rate;
 mod rooms;
-mod signed;
-mod web;
+pub mod signed;
+pub(crate) mod web;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,7 +23,7 @@ pub use names::{MAX_NAME_CHARS, MAX_ROOM_CHARS};
 use names::{check_name_shape, check_room, guest_name};
 use protocol::{ErrorCode, Event, Parsed, Rejection, Request, Resume, UpgradeQuery, UserView, parse_request};
 pub use rate::RateLimit;
-use rate::TokenBucket;
+pub(crate) use rate::TokenBucket;
 use rooms::{Retention, Rooms};
 use signed::{Auth, Signed, TokenDeadlines};
 pub use signed::{SIGNED_IN_ELSEWHERE, TOKEN_EXPIRED};
@@ -159,6 +159,16 @@ impl Chat {
     /// Frames dropped by the rate limit (each answered with a `rate_limited` error).
     pub fn rate_limited_frames(&self) -> u64 {
         self.rate_limited_frames
+    }
+
+    /// The chat's numbers for `/stats` and `/metrics`.
+    fn figures(&self) -> web::Figures {
+        web::Figures {
+            rooms: self.room_count(),
+            rooms_without_members: self.rooms_kept_empty(),
+            history_bytes: self.history_bytes(),
+            rate_limited_frames: self.rate_limited_frames,
+        }
     }
 
     /// A new member arrives, with the name and room its upgrade URL (or its token) asked for.
@@ -420,12 +430,12 @@ impl Handler for Chat {
     }
 
     fn respond(&mut self, request: &RequestHead, stats: &Stats) -> Option<Vec<u8>> {
-        web::respond(self, request, stats)
+        web::respond(&self.figures(), request, stats)
     }
 }
 
 /// Sends `rejection` as an `error` event, echoing the id of the request it answers.
-fn reject<O: Outbox>(out: &mut O, to: Token, rejection: &Rejection, id: Option<&str>) {
+pub(crate) fn reject<O: Outbox>(out: &mut O, to: Token, rejection: &Rejection, id: Option<&str>) {
     let event = Event::Error { code: rejection.code, message: &rejection.message, id };
     out.send(to, &event.to_frame());
 }

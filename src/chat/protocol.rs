@@ -67,6 +67,8 @@ pub enum ErrorCode {
     Forbidden,
     /// A token sent with `auth` was refused.
     Unauthorized,
+    /// The node cannot reach the cluster's Redis just now; nothing was done.
+    Unavailable,
 }
 
 /// Why a frame could not be understood; it goes back to the sender as an `error` event.

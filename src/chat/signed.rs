@@ -43,7 +43,7 @@ pub struct Signed {
 pub struct TokenDeadlines(BTreeSet<(u64, Token)>);
 
 impl TokenDeadlines {
-    pub fn first(&self) -> Option<u64> {
+    pub(crate) fn first(&self) -> Option<u64> {
         self.0.first().map(|&(at, _)| at)
     }
 
@@ -86,26 +86,19 @@ fn refused(reason: impl Into<String>) -> Refusal {
     Refusal { response: http::unauthorized(&format!("invalid token: {reason}")), reason }
 }
 
-impl Chat {
-    /// Turns on tokens: a `--auth-secret-file` secret and whether tokens are required.
-    pub fn with_auth(mut self, verifier: Verifier, mode: AuthMode) -> Self {
-        self.auth = Some(Auth { verifier, mode });
-        self
-    }
-
+impl Auth {
     /// The identity in `token`, checked at `now_ms`.
-    fn verify(auth: &Auth, token: &str, now_ms: u64) -> Result<Identity, TokenError> {
-        auth.verifier.verify(token, now_ms, |name| check_name_shape(name).is_ok())
+    pub(crate) fn verify(&self, token: &str, now_ms: u64) -> Result<Identity, TokenError> {
+        self.verifier.verify(token, now_ms, |name| check_name_shape(name).is_ok())
     }
 
     /// Before the 101: a token that is required and missing, or present and not valid, is a 401;
     /// one that allows no room at all, a 403.
-    pub(super) fn check_token(&self, request: &RequestHead, now_ms: u64) -> Result<(), Refusal> {
-        let Some(auth) = &self.auth else { return Ok(()) };
+    pub(crate) fn check_upgrade(&self, request: &RequestHead, now_ms: u64) -> Result<(), Refusal> {
         match UpgradeQuery::parse(&request.target).token {
-            None if auth.mode == AuthMode::Optional => Ok(()),
+            None if self.mode == AuthMode::Optional => Ok(()),
             None => Err(refused("no token (pass one as ?token=)")),
-            Some(token) => match Chat::verify(auth, &token, now_ms) {
+            Some(token) => match self.verify(&token, now_ms) {
                 Ok(identity) if identity.rooms.as_ref().is_some_and(Vec::is_empty) => {
                     let reason = "the token allows no room".to_owned();
                     Err(Refusal { response: http::plain(403, "Forbidden", &format!("{reason}\n")), reason })
@@ -118,15 +111,34 @@ impl Chat {
 
     /// The identity a new connection's token gives it, checked again (it was checked before the
     /// 101, but time has passed). `Err` if the token ran out in between.
+    pub(crate) fn identity_of(
+        &self,
+        query: &UpgradeQuery,
+        now_ms: u64,
+    ) -> Result<Option<Identity>, TokenError> {
+        query.token.as_ref().map(|token| self.verify(token, now_ms)).transpose()
+    }
+}
+
+impl Chat {
+    /// Turns on tokens: a `--auth-secret-file` secret and whether tokens are required.
+    pub fn with_auth(mut self, verifier: Verifier, mode: AuthMode) -> Self {
+        self.auth = Some(Auth { verifier, mode });
+        self
+    }
+
+    /// Before the 101: see [`Auth::check_upgrade`].
+    pub(super) fn check_token(&self, request: &RequestHead, now_ms: u64) -> Result<(), Refusal> {
+        self.auth.as_ref().map_or(Ok(()), |auth| auth.check_upgrade(request, now_ms))
+    }
+
+    /// The identity a new connection's token gives it: see [`Auth::identity_of`].
     pub(super) fn identity_of(
         &self,
         query: &UpgradeQuery,
         now_ms: u64,
     ) -> Result<Option<Identity>, TokenError> {
-        match (&self.auth, &query.token) {
-            (Some(auth), Some(token)) => Chat::verify(auth, token, now_ms).map(Some),
-            _ => Ok(None),
-        }
+        self.auth.as_ref().map_or(Ok(None), |auth| auth.identity_of(query, now_ms))
     }
 
     /// A signed member takes its name: a guest who had picked it becomes a guest again, and an
@@ -147,7 +159,7 @@ impl Chat {
 
     /// The room a signed member enters: the one asked for if the token allows it (else a
     /// `forbidden` problem), the lobby if allowed, or the first room the token names.
-    pub(super) fn allowed_room(identity: &Identity, wanted: String, problems: &mut Vec<Rejection>) -> String {
+    pub(crate) fn allowed_room(identity: &Identity, wanted: String, problems: &mut Vec<Rejection>) -> String {
         if identity.may_enter(&wanted) {
             return wanted;
         }
@@ -176,54 +188,93 @@ impl Chat {
         fresh: &str,
         out: &mut O,
     ) {
-        let now = out.unix_time_ms();
-        let Some(auth) = &self.auth else {
-            let rejection = Rejection::new(ErrorCode::Unauthorized, "this server does not use tokens");
-            return reject(out, token, &rejection, id);
-        };
-        let identity = match Chat::verify(auth, fresh, now) {
-            Ok(identity) => identity,
-            Err(error) => {
-                let rejection = Rejection::new(ErrorCode::Unauthorized, format!("token refused: {error}"));
-                return reject(out, token, &rejection, id);
-            }
-        };
         let Some(member) = self.members.get_mut(&token) else { return };
-        let problem = match &member.signed {
-            None => Some("sign in when connecting: pass ?token= on the upgrade"),
-            Some(signed) if signed.identity.name != identity.name => {
-                Some("a fresh token must be for the same name")
-            }
-            Some(_) => None,
-        };
-        if let Some(problem) = problem {
-            return reject(out, token, &Rejection::new(ErrorCode::Forbidden, problem), id);
+        let auth = self.auth.as_ref();
+        if refresh(auth, &mut self.token_deadlines, &mut member.signed, token, id, fresh, out) {
+            self.schedule(out);
         }
-        if let Some(old) = member.signed.take() {
-            self.token_deadlines.forget(&old);
-        }
-        member.signed = Some(self.token_deadlines.track(token, identity, now));
-        if let Some(id) = id {
-            out.send(token, &Event::Ack { id, seq: None, ts: now }.to_frame());
-        }
-        self.schedule(out);
     }
 
-    /// The wake-up came: members whose refresh is due get `refresh`, members whose token ran
-    /// out are closed with 4001.
+    /// The wake-up came: see [`deadlines_due`].
     pub(super) fn token_deadlines_due<O: Outbox>(&mut self, out: &mut O) {
-        let now = out.unix_time_ms();
-        for token in self.token_deadlines.take_due(now) {
-            let Some(signed) = self.members.get_mut(&token).and_then(|member| member.signed.as_mut()) else {
-                continue;
-            };
-            if signed.refresh_sent || now >= signed.identity.expires_at_ms {
-                out.close(token, CloseCode::from(TOKEN_EXPIRED), "token expired");
-                continue;
-            }
-            self.token_deadlines.refresh_sent(signed);
-            out.send(token, &Event::Refresh.to_frame());
+        deadlines_due(&mut self.token_deadlines, &mut self.members, out);
+    }
+}
+
+/// `{"type":"auth","token":...}` from the member at `token`, whose token is `signed`: a fresh
+/// token for the same name moves its deadline (and is acknowledged); anything else is refused
+/// with an error. Returns whether the deadline moved.
+pub(crate) fn refresh<O: Outbox>(
+    auth: Option<&Auth>,
+    deadlines: &mut TokenDeadlines,
+    signed: &mut Option<Signed>,
+    token: Token,
+    id: Option<&str>,
+    fresh: &str,
+    out: &mut O,
+) -> bool {
+    let now = out.unix_time_ms();
+    let Some(auth) = auth else {
+        let rejection = Rejection::new(ErrorCode::Unauthorized, "this server does not use tokens");
+        reject(out, token, &rejection, id);
+        return false;
+    };
+    let identity = match auth.verify(fresh, now) {
+        Ok(identity) => identity,
+        Err(error) => {
+            let rejection = Rejection::new(ErrorCode::Unauthorized, format!("token refused: {error}"));
+            reject(out, token, &rejection, id);
+            return false;
         }
+    };
+    let problem = match signed {
+        None => Some("sign in when connecting: pass ?token= on the upgrade"),
+        Some(signed) if signed.identity.name != identity.name => {
+            Some("a fresh token must be for the same name")
+        }
+        Some(_) => None,
+    };
+    if let Some(problem) = problem {
+        reject(out, token, &Rejection::new(ErrorCode::Forbidden, problem), id);
+        return false;
+    }
+    if let Some(old) = signed.take() {
+        deadlines.forget(&old);
+    }
+    *signed = Some(deadlines.track(token, identity, now));
+    if let Some(id) = id {
+        out.send(token, &Event::Ack { id, seq: None, ts: now }.to_frame());
+    }
+    true
+}
+
+/// Members by connection, as far as their tokens go (the chat's and the cluster's).
+pub(crate) trait SignedMembers {
+    fn signed_mut(&mut self, token: Token) -> Option<&mut Signed>;
+}
+
+impl SignedMembers for std::collections::HashMap<Token, super::Member> {
+    fn signed_mut(&mut self, token: Token) -> Option<&mut Signed> {
+        self.get_mut(&token)?.signed.as_mut()
+    }
+}
+
+/// The wake-up came: members whose refresh is due get `refresh`, members whose token ran out
+/// are closed with 4001.
+pub(crate) fn deadlines_due<O: Outbox>(
+    deadlines: &mut TokenDeadlines,
+    members: &mut impl SignedMembers,
+    out: &mut O,
+) {
+    let now = out.unix_time_ms();
+    for token in deadlines.take_due(now) {
+        let Some(signed) = members.signed_mut(token) else { continue };
+        if signed.refresh_sent || now >= signed.identity.expires_at_ms {
+            out.close(token, CloseCode::from(TOKEN_EXPIRED), "token expired");
+            continue;
+        }
+        deadlines.refresh_sent(signed);
+        out.send(token, &Event::Refresh.to_frame());
     }
 }
 

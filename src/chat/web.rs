@@ -3,7 +3,6 @@
 
 use serde::Serialize;
 
-use super::Chat;
 use crate::handler::{RequestHead, Stats};
 use crate::http;
 use crate::metrics::{Exposition, Unit};
@@ -24,8 +23,16 @@ struct ChatStats<'a> {
     history_bytes: usize,
 }
 
+/// The chat's own numbers, for `/stats` and `/metrics`.
+pub struct Figures {
+    pub rooms: usize,
+    pub rooms_without_members: usize,
+    pub history_bytes: usize,
+    pub rate_limited_frames: u64,
+}
+
 /// Answers the `GET` requests the chat knows; `None` leaves the rest to the reactor.
-pub fn respond(chat: &Chat, request: &RequestHead, stats: &Stats) -> Option<Vec<u8>> {
+pub fn respond(chat: &Figures, request: &RequestHead, stats: &Stats) -> Option<Vec<u8>> {
     match request.path() {
         "/" => {
             let headers = [("Cache-Control", "no-cache")];
@@ -34,9 +41,9 @@ pub fn respond(chat: &Chat, request: &RequestHead, stats: &Stats) -> Option<Vec<
         "/stats" => {
             let chat_stats = ChatStats {
                 reactor: stats,
-                rooms: chat.room_count(),
-                rooms_without_members: chat.rooms_kept_empty(),
-                history_bytes: chat.history_bytes(),
+                rooms: chat.rooms,
+                rooms_without_members: chat.rooms_without_members,
+                history_bytes: chat.history_bytes,
             };
             let body = serde_json::to_vec(&chat_stats)
                 // Invariant: the struct holds only integers.
@@ -49,26 +56,26 @@ pub fn respond(chat: &Chat, request: &RequestHead, stats: &Stats) -> Option<Vec<
 }
 
 /// `GET /metrics`: the reactor's metrics plus the chat's own.
-fn metrics(chat: &Chat, stats: &Stats) -> Exposition {
+fn metrics(chat: &Figures, stats: &Stats) -> Exposition {
     let mut metrics = Exposition::new(stats);
-    metrics.gauge("rooms", None, "Rooms that have members", chat.room_count() as u64);
+    metrics.gauge("rooms", None, "Rooms that have members", chat.rooms as u64);
     metrics.gauge(
         "rooms_without_members",
         None,
         "Rooms kept without members for --history-ttl, so that their last members can resume",
-        chat.rooms_kept_empty() as u64,
+        chat.rooms_without_members as u64,
     );
     metrics.gauge(
         "history",
         Some(Unit::Bytes),
         "Bytes of history kept across all rooms (bounded by --history-memory)",
-        chat.history_bytes() as u64,
+        chat.history_bytes as u64,
     );
     metrics.counter(
         "rate_limited_frames",
         None,
         "Frames dropped by --rate-limit, each answered with a rate_limited error",
-        chat.rate_limited_frames(),
+        chat.rate_limited_frames,
     );
     metrics
 }

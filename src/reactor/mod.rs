@@ -33,7 +33,7 @@ use tungstenite::Message;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::config::Config;
-use crate::handler::Handler;
+use crate::handler::{HANDLER_SOURCES, Handler};
 use crate::proxy::IpNet;
 use accept::Acceptor;
 use connection::{Connection, Flushed, Phase, ReplyState};
@@ -148,6 +148,7 @@ impl<H: Handler> Reactor<H> {
     /// Runs the loop until a graceful shutdown completes (`Ok`) or an unrecoverable error.
     pub fn run(&mut self) -> io::Result<()> {
         info!("listening on {}", self.local_addr()?);
+        self.handler.attach(self.poll.registry(), &mut self.connections)?;
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
             if let Flow::Stop = self.turn(&mut events)? {
@@ -187,10 +188,16 @@ impl<H: Handler> Reactor<H> {
                         return Ok(Flow::Stop);
                     }
                 }
+                token if HANDLER_SOURCES.contains(&token.0) => {
+                    self.handler.on_source(token, &mut self.connections);
+                    self.settle();
+                }
                 token => self.ready(token),
             }
         }
         self.fire_deadlines();
+        self.handler.end_of_iteration(&mut self.connections);
+        self.settle();
         if self.pacing.is_due(self.connections.now) && !self.connections.to_flush.is_empty() {
             let started = Instant::now();
             self.flush_queued();

@@ -54,17 +54,25 @@ impl<H: Handler> Reactor<H> {
         for token in closed {
             self.notify_closed(token);
         }
+        self.handler.on_shutdown(&mut self.connections);
+        self.settle();
     }
 
     /// After each iteration of a shutdown: stop once every connection is gone or time is up.
     pub(super) fn shutdown_progress(&mut self) -> Flow {
         let Some(deadline) = self.shutdown_deadline else { return Flow::Continue };
         let remaining = self.connections.slab.len();
-        if remaining == 0 {
+        if remaining == 0 && !self.handler.is_busy() {
             info!("shutdown complete");
             return Flow::Stop;
         }
         if self.connections.now >= deadline {
+            if remaining == 0 {
+                warn!(
+                    "shutdown timeout: the handler's last work (its goodbyes to the cluster) did not finish"
+                );
+                return Flow::Stop;
+            }
             warn!("shutdown timeout: dropping {remaining} connections that did not finish closing");
             return Flow::Stop;
         }
