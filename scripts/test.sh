@@ -14,10 +14,12 @@ cargo fmt --check
 step "lints"
 cargo clippy --all-targets -- -D warnings
 
-step "packages for tests/proxies.rs (nginx, Caddy) and the unit check (systemd-analyze)"
+step "packages for tests/proxies.rs (nginx, Caddy), tests/cluster.rs (Redis) and the unit check (systemd-analyze)"
 missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v caddy >/dev/null || missing+=(caddy)
+# Debian's redis-server brings redis-cli with it (redis-tools), for looking at a test's Redis by hand.
+command -v redis-server >/dev/null || missing+=(redis-server)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 if ((${#missing[@]})); then
     apt-get update -qq
