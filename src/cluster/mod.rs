@@ -124,9 +124,11 @@ enum Pending {
         name: String,
         request: Option<String>,
     },
-    /// A room's state, for a replica that lost track.
+    /// A room's state, for a replica that lost track: the `serial`th asked for (only the latest
+    /// is taken: an older one may predate the subscription).
     State {
         room: String,
+        serial: u64,
     },
     /// A room's state, for a member who asked to join the room it is in.
     Snapshot {
@@ -299,6 +301,7 @@ impl Cluster {
                 }
             }
             RedisEvent::Lost => self.on_lost(out),
+            RedisEvent::SubscriberLost => self.on_subscriber_lost(out),
         }
         self.check_available();
     }
@@ -363,7 +366,10 @@ impl Cluster {
         };
         let room = room.to_owned();
         if let Some(replica) = self.rooms.get_mut(&room) {
+            // Whatever the replica knew may predate the subscription: it starts over from a
+            // state read after it.
             replica.subscribed = true;
+            replica.lose_track_until_state();
         }
         self.room_ready(&room);
     }
@@ -391,8 +397,14 @@ impl Cluster {
             return;
         }
         replica.state_requested = true;
+        replica.state_serial += 1;
+        let serial = replica.state_serial;
         let epoch = self.epoch_candidate();
-        self.eval(Pending::State { room: room.to_owned() }, "state", &[room.as_bytes(), epoch.as_bytes()]);
+        self.eval(
+            Pending::State { room: room.to_owned(), serial },
+            "state",
+            &[room.as_bytes(), epoch.as_bytes()],
+        );
     }
 
     fn on_channel_message<O: Outbox>(&mut self, channel: &[u8], payload: &[u8], out: &mut O) {
@@ -506,7 +518,10 @@ impl Cluster {
                     reject(out, token, &rejection, request.as_deref());
                 }
             }
-            Pending::State { room } => {
+            Pending::State { room, serial } => {
+                if self.rooms.get(&room).is_none_or(|replica| replica.state_serial != serial) {
+                    return;
+                }
                 let Some(snapshot) = snapshot(&reply) else {
                     return self.redis.fail(
                         "Redis sent a room state wschat cannot read",
@@ -659,8 +674,10 @@ impl Cluster {
                     unavailable(out, token, None);
                 }
             }
-            Pending::State { room } => {
-                if let Some(replica) = self.rooms.get_mut(&room) {
+            Pending::State { room, serial } => {
+                if let Some(replica) =
+                    self.rooms.get_mut(&room).filter(|replica| replica.state_serial == serial)
+                {
                     replica.state_requested = false;
                 }
             }
@@ -680,6 +697,17 @@ impl Cluster {
             for token in std::mem::take(&mut replica.to_enter) {
                 out.close(token, CloseCode::Again, "the cluster is unavailable; try again");
             }
+        }
+    }
+
+    /// The subscription alone dropped: commands go on, and every replica catches up from the
+    /// room's stored state once it is back.
+    fn on_subscriber_lost<O: Outbox>(&mut self, out: &mut O) {
+        self.node_subscribed = false;
+        self.probe = None;
+        for replica in self.rooms.values_mut() {
+            replica.lose_track();
+            replica.release_all(out);
         }
     }
 
@@ -912,7 +940,10 @@ impl Cluster {
             }
             Request::Who => {
                 let Some(replica) = self.rooms.get(&member.room) else { return };
-                out.send(token, &Event::Users { room: &member.room, users: replica.users() }.to_frame());
+                out.send(
+                    token,
+                    &Event::Users { room: &member.room, users: replica.users.views() }.to_frame(),
+                );
             }
             Request::Ping | Request::Auth { .. } => {}
         }
@@ -943,7 +974,7 @@ impl Cluster {
         self.redis.tick(self.now_ms, &mut self.events);
         if self.probe.is_some_and(|(_, sent)| self.now_ms.saturating_sub(sent) >= REPLY_TIMEOUT_MS) {
             // Commands are answered but the subscription delivers nothing (centrifugo #1189).
-            self.redis.fail("the pub/sub connection stopped delivering", self.now_ms, &mut self.events);
+            self.redis.fail_subscriber("the probe did not come back", self.now_ms, &mut self.events);
         }
         if self.available() && self.now_ms >= self.next_beat_at && !self.stopping {
             self.next_beat_at = self.now_ms + self.settings.beat_interval_ms();
@@ -1139,7 +1170,7 @@ fn room_view<'a>(
         room,
         epoch: &snapshot.epoch,
         seq: snapshot.seq,
-        users: snapshot.users.iter().map(|(&id, name)| UserView { id, name }).collect(),
+        users: snapshot.users.views(),
         // Invariant: history holds `message` events a node serialized, which are JSON.
         history: history
             .iter()

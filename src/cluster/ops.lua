@@ -12,8 +12,9 @@
 --   P:node-tag       hash: node -> its id tag
 --   P:node:N         hash: member id -> {"room":..,"name":..,"signed":..} of node N's members
 --   P:names          hash: name -> "NODE ID" of its holder, cluster-wide
---   P:meta:R         hash: epoch, seq (the latest message), ev (the latest room event)
---   P:members:R      hash: member id -> name
+--   P:meta:R         hash: epoch, seq (the latest message), ev (the latest room event),
+--                    joins (arrivals so far)
+--   P:members:R      hash: member id -> "ORDER NAME" (ORDER counts arrivals: lists keep it)
 --   P:history:R      stream of the room's latest message events, entry id "SEQ-0"
 -- Channels: P:room:R carries the room's events, P:node:N what is for node N alone.
 --
@@ -51,6 +52,14 @@ local function epoch_of(room, candidate)
   return redis.call('HGET', meta_key(room), 'epoch')
 end
 
+-- The name and arrival order of member `id` in `room`, if it is there.
+local function member_of(room, id)
+  local value = redis.call('HGET', members_key(room), id)
+  if not value then return nil end
+  local order, name = string.match(value, '^(%d+) (.*)$')
+  return name, order
+end
+
 local function publish(room, kind, body)
   local ev = redis.call('HINCRBY', meta_key(room), 'ev', 1)
   -- No epoch only if Redis lost the room under its members (evicted): nodes resynchronize.
@@ -79,7 +88,7 @@ end
 -- Member `id` leaves `room` (and stays on the server): the room hears `left`. Returns the name
 -- the room knew it by, if it was there.
 local function leave_room(id, room)
-  local name = redis.call('HGET', members_key(room), id)
+  local name = member_of(room, id)
   if not name then return nil end
   redis.call('HDEL', members_key(room), id)
   publish(room, 'left', '"user":' .. user_json(id, name))
@@ -122,12 +131,13 @@ end
 local function enter(id, name, room, epoch_candidate)
   epoch_of(room, epoch_candidate)
   keep(room)
-  redis.call('HSET', members_key(room), id, name)
-  return publish(room, 'joined', '"user":' .. user_json(id, name))
+  local order = redis.call('HINCRBY', meta_key(room), 'joins', 1)
+  redis.call('HSET', members_key(room), id, order .. ' ' .. name)
+  return publish(room, 'joined', '"order":' .. order .. ',"user":' .. user_json(id, name))
 end
 
--- The room as a node needs it: epoch, seq and ev, every member, the latest messages (newest
--- first), all read at one instant.
+-- The room as a node needs it: epoch, seq and ev, every member ("ORDER NAME"), the latest
+-- messages (newest first), all read at one instant.
 local function state(room, epoch_candidate)
   local epoch = epoch_of(room, epoch_candidate)
   local counters = redis.call('HMGET', meta_key(room), 'seq', 'ev')
@@ -188,7 +198,7 @@ elseif op == 'leave' then
 elseif op == 'say' then
   -- ARGV: id, room, the event before its seq, the event after it
   local id, room = ARGV[6], ARGV[7]
-  if not redis.call('HGET', members_key(room), id) then return { 0 } end
+  if not member_of(room, id) then return { 0 } end
   local seq = redis.call('HINCRBY', meta_key(room), 'seq', 1)
   local event = ARGV[8] .. seq .. ARGV[9]
   if history > 0 then
@@ -209,9 +219,11 @@ elseif op == 'dm' then
 elseif op == 'nick' then
   -- ARGV: id, room, old name, new name
   local id, room, old, new = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+  local _, order = member_of(room, id)
+  if not order then return 0 end
   if not claim(id, new, '0') then return 0 end
   if old ~= new and redis.call('HGET', names, old) == owner(node, id) then redis.call('HDEL', names, old) end
-  redis.call('HSET', members_key(room), id, new)
+  redis.call('HSET', members_key(room), id, order .. ' ' .. new)
   record(id, room, new, '0')
   publish(room, 'nick', '"id":' .. id .. ',"old":' .. cjson.encode(old) .. ',"name":' .. cjson.encode(new))
   return 1
@@ -251,11 +263,11 @@ elseif op == 'assert' then
       renamed[#renamed + 1] = name
     end
     record(member.id, member.room, name, member.signed)
-    local present = redis.call('HGET', members_key(member.room), member.id)
+    local present, order = member_of(member.room, member.id)
     if not present then
       enter(member.id, name, member.room, epoch)
     elseif present ~= name then
-      redis.call('HSET', members_key(member.room), member.id, name)
+      redis.call('HSET', members_key(member.room), member.id, order .. ' ' .. name)
       publish(member.room, 'nick',
         '"id":' .. member.id .. ',"old":' .. cjson.encode(present) .. ',"name":' .. cjson.encode(name))
     end

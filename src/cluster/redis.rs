@@ -49,6 +49,9 @@ pub enum Event<T> {
     Failed(Vec<T>),
     /// Both connections were dropped (a `Failed` with what was in flight came first).
     Lost,
+    /// The subscriber connection alone was dropped (Redis killed it, or it stopped delivering):
+    /// it is reconnected at once; whatever it missed, the rooms' stored state has.
+    SubscriberLost,
 }
 
 /// Where the connections are.
@@ -73,11 +76,16 @@ pub struct Redis<T> {
     /// The script's SHA1, once loaded on this connection.
     sha: Option<String>,
     health: Health,
-    /// When the last connection attempt began.
-    connecting_since: Option<u64>,
-    /// When to try again, while down.
+    /// When the commands connection's attempt began, until it is connected.
+    commands_connecting_since: Option<u64>,
+    /// When the subscriber's attempt began, until it is connected.
+    subscriber_connecting_since: Option<u64>,
+    /// When to try both connections again, while down.
     retry_at: Option<u64>,
     failures: u32,
+    /// When to try the subscriber again, after it alone was lost.
+    subscriber_retry_at: Option<u64>,
+    subscriber_failures: u32,
     random: fastrand::Rng,
 }
 
@@ -94,9 +102,12 @@ impl<T> Redis<T> {
             subscriber_unanswered: 0,
             sha: None,
             health: Health::Down("connecting to Redis".into()),
-            connecting_since: None,
+            commands_connecting_since: None,
+            subscriber_connecting_since: None,
             retry_at: Some(0),
             failures: 0,
+            subscriber_retry_at: None,
+            subscriber_failures: 0,
             random: fastrand::Rng::new(),
         }
     }
@@ -158,7 +169,7 @@ impl<T> Redis<T> {
             return;
         }
         if let Err(error) = self.subscriber.send(args) {
-            return self.fail(&error.to_string(), now_ms, events);
+            return self.fail_subscriber(&error.to_string(), now_ms, events);
         }
         if args[0] != b"UNSUBSCRIBE" {
             self.subscriber_unanswered += args.len().saturating_sub(1).max(1);
@@ -172,7 +183,10 @@ impl<T> Redis<T> {
         let mut replies = Vec::new();
         if source == COMMANDS {
             match self.commands.on_ready(registry, &mut replies) {
-                Ok(true) => self.commands_connected(now_ms, events),
+                Ok(true) => {
+                    self.commands_connecting_since = None;
+                    self.commands_connected(now_ms, events);
+                }
                 Ok(false) => {}
                 Err(error) => return self.fail(&format!("commands connection: {error}"), now_ms, events),
             }
@@ -181,9 +195,15 @@ impl<T> Redis<T> {
             }
         } else if source == SUBSCRIBER {
             match self.subscriber.on_ready(registry, &mut replies) {
-                Ok(true) => events.push(Event::SubscriberReady),
+                Ok(true) => {
+                    self.subscriber_connecting_since = None;
+                    self.subscriber_failures = 0;
+                    events.push(Event::SubscriberReady);
+                }
                 Ok(false) => {}
-                Err(error) => return self.fail(&format!("subscriber connection: {error}"), now_ms, events),
+                Err(error) => {
+                    return self.fail_subscriber(&format!("subscriber connection: {error}"), now_ms, events);
+                }
             }
             for reply in replies {
                 self.subscriber_reply(reply, now_ms, events);
@@ -231,7 +251,7 @@ impl<T> Redis<T> {
     fn subscriber_reply(&mut self, reply: Reply, now_ms: u64, events: &mut Vec<Event<T>>) {
         let Reply::Array(mut parts) = reply else {
             if let Reply::Error(error) = reply {
-                self.fail(&format!("subscriber connection: {error}"), now_ms, events);
+                self.fail_subscriber(&format!("subscriber connection: {error}"), now_ms, events);
             }
             return;
         };
@@ -267,32 +287,35 @@ impl<T> Redis<T> {
         if self.retry_at.is_some_and(|at| at <= now_ms) {
             return self.reconnect(now_ms, events);
         }
-        let connecting = self
-            .connecting_since
-            .filter(|_| !self.commands.is_connected() || !self.subscriber.is_connected());
-        let oldest_command = self.in_flight.front().map(|&(_, sent)| sent);
-        let late = [connecting, oldest_command, self.subscriber_waiting_since]
-            .into_iter()
-            .flatten()
-            .any(|since| now_ms.saturating_sub(since) >= REPLY_TIMEOUT_MS);
-        if late {
-            self.fail(&format!("Redis did not answer within {REPLY_TIMEOUT_MS} ms"), now_ms, events);
+        if self.subscriber_retry_at.is_some_and(|at| at <= now_ms) {
+            self.subscriber_retry_at = None;
+            self.subscriber_connecting_since = Some(now_ms);
+            let Some(registry) = self.registry.as_ref() else { return };
+            if let Err(error) = self.subscriber.connect(self.addr, registry) {
+                return self.fail_subscriber(&format!("cannot connect: {error}"), now_ms, events);
+            }
+        }
+        let late =
+            |since: Option<u64>| since.is_some_and(|since| now_ms.saturating_sub(since) >= REPLY_TIMEOUT_MS);
+        if late(self.commands_connecting_since) || late(self.in_flight.front().map(|&(_, sent)| sent)) {
+            return self.fail(&format!("Redis did not answer within {REPLY_TIMEOUT_MS} ms"), now_ms, events);
+        }
+        if late(self.subscriber_connecting_since) || late(self.subscriber_waiting_since) {
+            let reason = format!("the subscriber connection got no answer within {REPLY_TIMEOUT_MS} ms");
+            self.fail_subscriber(&reason, now_ms, events);
         }
     }
 
     /// When `tick` has something to do next.
     pub fn next_deadline(&self) -> Option<u64> {
-        if let Some(at) = self.retry_at {
-            return Some(at);
-        }
-        let connecting = self
-            .connecting_since
-            .filter(|_| !self.commands.is_connected() || !self.subscriber.is_connected());
-        [connecting, self.in_flight.front().map(|&(_, sent)| sent), self.subscriber_waiting_since]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|since| since + REPLY_TIMEOUT_MS)
+        let timeouts = [
+            self.commands_connecting_since,
+            self.in_flight.front().map(|&(_, sent)| sent),
+            self.subscriber_connecting_since,
+            self.subscriber_waiting_since,
+        ];
+        let timeouts = timeouts.into_iter().flatten().map(|since| since + REPLY_TIMEOUT_MS);
+        timeouts.chain([self.retry_at, self.subscriber_retry_at].into_iter().flatten()).min()
     }
 
     fn reconnect(&mut self, now_ms: u64, events: &mut Vec<Event<T>>) {
@@ -302,10 +325,33 @@ impl<T> Redis<T> {
             .commands
             .connect(self.addr, registry)
             .and_then(|()| self.subscriber.connect(self.addr, registry));
-        self.connecting_since = Some(now_ms);
+        self.commands_connecting_since = Some(now_ms);
+        self.subscriber_connecting_since = Some(now_ms);
         if let Err(error) = result {
             self.fail(&format!("cannot connect to Redis at {}: {error}", self.addr), now_ms, events);
         }
+    }
+
+    /// A backoff after `failures` failures in a row: exponential, with jitter over its upper
+    /// half, so that nodes that lost Redis together do not all come back in the same millisecond.
+    fn backoff(&mut self, failures: u32) -> u64 {
+        let backoff = (FIRST_BACKOFF_MS << failures.min(10)).min(MAX_BACKOFF_MS);
+        backoff / 2 + self.random.u64(0..=backoff / 2)
+    }
+
+    /// Gives the subscriber connection up and tries it again soon; commands go on.
+    pub fn fail_subscriber(&mut self, reason: &str, now_ms: u64, events: &mut Vec<Event<T>>) {
+        if let Some(registry) = self.registry.as_ref() {
+            self.subscriber.close(registry);
+        }
+        self.subscriber_waiting_since = None;
+        self.subscriber_unanswered = 0;
+        self.subscriber_connecting_since = None;
+        let delay = if self.subscriber_failures == 0 { 0 } else { self.backoff(self.subscriber_failures) };
+        self.subscriber_failures = self.subscriber_failures.saturating_add(1);
+        self.subscriber_retry_at = Some(now_ms + delay);
+        warn!("cluster: subscription lost: {reason}; resubscribing in {delay} ms");
+        events.push(Event::SubscriberLost);
     }
 
     /// Gives both connections up, fails every command in flight, and retries after a backoff.
@@ -318,13 +364,11 @@ impl<T> Redis<T> {
         self.sha = None;
         self.subscriber_waiting_since = None;
         self.subscriber_unanswered = 0;
-        self.connecting_since = None;
-        let exponent = self.failures.min(10);
+        self.commands_connecting_since = None;
+        self.subscriber_connecting_since = None;
+        self.subscriber_retry_at = None;
+        let delay = self.backoff(self.failures);
         self.failures = self.failures.saturating_add(1);
-        let backoff = (FIRST_BACKOFF_MS << exponent).min(MAX_BACKOFF_MS);
-        // Full jitter over the upper half, so that nodes that lost Redis together do not all
-        // come back in the same millisecond.
-        let delay = backoff / 2 + self.random.u64(0..=backoff / 2);
         self.retry_at = Some(now_ms + delay);
         let reason = reason.to_owned();
         if self.health == Health::Up {

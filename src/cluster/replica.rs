@@ -4,7 +4,7 @@
 //! counter (a subscription that dropped, a node that fell behind) sends it back to Redis for
 //! the room's state, and the local members are told what they missed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use log::warn;
 use mio::Token;
@@ -13,13 +13,61 @@ use super::wire::{RoomEnvelope, RoomEvent, Snapshot, User, message_sender};
 use crate::chat::protocol::{Event, UserView};
 use crate::handler::{Frame, Outbox};
 
+/// A room's members on every node, in order of arrival.
+#[derive(Debug, Clone, Default)]
+pub struct Roster {
+    /// By arrival order: (id, name).
+    by_order: BTreeMap<u64, (u64, String)>,
+    /// Arrival order by id.
+    orders: HashMap<u64, u64>,
+}
+
+impl Roster {
+    pub fn insert(&mut self, order: u64, id: u64, name: String) {
+        if let Some(old) = self.orders.insert(id, order) {
+            self.by_order.remove(&old);
+        }
+        self.by_order.insert(order, (id, name));
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        if let Some(order) = self.orders.remove(&id) {
+            self.by_order.remove(&order);
+        }
+    }
+
+    pub fn rename(&mut self, id: u64, name: String) {
+        if let Some(entry) = self.orders.get(&id).and_then(|order| self.by_order.get_mut(order)) {
+            entry.1 = name;
+        }
+    }
+
+    pub fn name(&self, id: u64) -> Option<&str> {
+        let order = self.orders.get(&id)?;
+        self.by_order.get(order).map(|(_, name)| name.as_str())
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.orders.contains_key(&id)
+    }
+
+    /// (id, name), in order of arrival.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.by_order.values().map(|(id, name)| (*id, name.as_str()))
+    }
+
+    pub fn views(&self) -> Vec<UserView<'_>> {
+        self.iter().map(|(id, name)| UserView { id, name }).collect()
+    }
+}
+
 #[derive(Default)]
 pub struct Replica {
     pub epoch: String,
     pub seq: u64,
     pub ev: u64,
-    /// Every member of the room, on any node, by id.
-    pub users: BTreeMap<u64, String>,
+    /// Every member of the room, on any node.
+    pub users: Roster,
     /// Local members who hear the room's events, by id.
     pub local: BTreeMap<u64, Token>,
     /// Whether the replica follows the channel: false until a snapshot arrives, and again after
@@ -29,6 +77,8 @@ pub struct Replica {
     pub subscribed: bool,
     /// Whether a `state` request for this room is in flight.
     pub state_requested: bool,
+    /// The number of the latest `state` request: only its reply is taken.
+    pub state_serial: u64,
     /// Envelopes that arrived while not live, oldest first.
     buffered: Vec<RoomEnvelope>,
     /// Local members whose entry is done in Redis but whose welcome waits for the replica to
@@ -62,8 +112,11 @@ impl Replica {
         self.buffered.clear();
     }
 
-    pub fn users(&self) -> Vec<UserView<'_>> {
-        self.users.iter().map(|(&id, name)| UserView { id, name }).collect()
+    /// The subscription is (re)confirmed: the replica waits for a state read after it.
+    pub fn lose_track_until_state(&mut self) {
+        self.live = false;
+        self.state_requested = false;
+        self.buffered.clear();
     }
 
     /// An envelope from the room's channel.
@@ -91,20 +144,20 @@ impl Replica {
                 self.seq = seq;
                 self.broadcast(Some(from), &Frame::text(&event), out);
             }
-            RoomEvent::Joined(User { id, name }) => {
+            RoomEvent::Joined { order, user: User { id, name } } => {
                 let frame = Event::Joined { room, user: UserView { id, name: &name } }.to_frame();
                 self.broadcast(Some(id), &frame, out);
-                self.users.insert(id, name);
+                self.users.insert(order, id, name);
             }
             RoomEvent::Left(User { id, name }) => {
-                self.users.remove(&id);
+                self.users.remove(id);
                 let frame = Event::Left { room, user: UserView { id, name: &name } }.to_frame();
                 self.broadcast(Some(id), &frame, out);
             }
             RoomEvent::Nick { id, old, name } => {
                 let frame = Event::Nick { id, old: &old, name: &name }.to_frame();
                 self.broadcast(None, &frame, out);
-                self.users.insert(id, name);
+                self.users.rename(id, name);
             }
         }
         self.release_waiting(out);
@@ -154,13 +207,7 @@ impl Replica {
     }
 
     /// Tells the local members what the snapshot shows they missed.
-    fn catch_up<O: Outbox>(
-        &mut self,
-        room: &str,
-        history: &[(u64, String)],
-        old_users: BTreeMap<u64, String>,
-        out: &mut O,
-    ) {
+    fn catch_up<O: Outbox>(&mut self, room: &str, history: &[(u64, String)], old_users: Roster, out: &mut O) {
         let missed: Vec<&(u64, String)> = history.iter().filter(|(seq, _)| *seq > self.seq).collect();
         if let Some((first, _)) = missed.first()
             && *first > self.seq + 1
@@ -175,8 +222,8 @@ impl Replica {
             let sender = message_sender(event);
             self.broadcast(sender, &Frame::text(event), out);
         }
-        for (&id, name) in &old_users {
-            match self.users.get(&id) {
+        for (id, name) in old_users.iter() {
+            match self.users.name(id) {
                 None => {
                     let frame = Event::Left { room, user: UserView { id, name } }.to_frame();
                     self.broadcast(Some(id), &frame, out);
@@ -188,8 +235,8 @@ impl Replica {
                 Some(_) => {}
             }
         }
-        for (&id, name) in &self.users {
-            if !old_users.contains_key(&id) && !self.local.contains_key(&id) {
+        for (id, name) in self.users.iter() {
+            if !old_users.contains(id) && !self.local.contains_key(&id) {
                 let frame = Event::Joined { room, user: UserView { id, name } }.to_frame();
                 self.broadcast(Some(id), &frame, out);
             }

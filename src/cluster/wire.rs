@@ -1,11 +1,10 @@
 //! What the cluster script publishes and returns, read back into Rust: the envelopes on the
 //! room and node channels, and a room's state as one snapshot.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::replica::Roster;
 use super::resp::{Reply, integer, text};
 
 /// A member as the envelopes name it.
@@ -33,6 +32,7 @@ struct Fields {
     name: Option<String>,
     to: Option<u64>,
     n: Option<u64>,
+    order: Option<u64>,
 }
 
 /// An event of a room, as every node subscribed to the room receives it.
@@ -52,7 +52,11 @@ pub enum RoomEvent {
         seq: u64,
         event: String,
     },
-    Joined(User),
+    /// `order` counts the room's arrivals: member lists follow it.
+    Joined {
+        order: u64,
+        user: User,
+    },
     Left(User),
     Nick {
         id: u64,
@@ -78,7 +82,7 @@ pub fn room_envelope(payload: &[u8]) -> Option<RoomEnvelope> {
         "message" => {
             RoomEvent::Message { from: fields.from?, seq: fields.seq?, event: fields.event?.get().to_owned() }
         }
-        "joined" => RoomEvent::Joined(fields.user?),
+        "joined" => RoomEvent::Joined { order: fields.order?, user: fields.user? },
         "left" => RoomEvent::Left(fields.user?),
         "nick" => RoomEvent::Nick { id: fields.id?, old: fields.old?, name: fields.name? },
         _ => return None,
@@ -102,22 +106,23 @@ pub struct Snapshot {
     pub epoch: String,
     pub seq: u64,
     pub ev: u64,
-    /// Members by id.
-    pub users: BTreeMap<u64, String>,
+    pub users: Roster,
     /// The latest messages, oldest first: (seq, `message` event).
     pub history: Vec<(u64, String)>,
 }
 
-/// `state(room)` of the script: `[epoch, seq, ev, [id, name, ...], [[entry id, [field, event]], ...]]`.
+/// `state(room)` of the script:
+/// `[epoch, seq, ev, [id, "ORDER NAME", ...], [[entry id, [field, event]], ...]]`.
 pub fn snapshot(reply: &Reply) -> Option<Snapshot> {
     let Reply::Array(parts) = reply else { return None };
     let [epoch, seq, ev, Reply::Array(members), Reply::Array(entries)] = parts.as_slice() else {
         return None;
     };
-    let mut users = BTreeMap::new();
+    let mut users = Roster::default();
     for pair in members.chunks(2) {
-        if let [id, name] = pair {
-            users.insert(integer(id)?.try_into().ok()?, text(name)?.to_owned());
+        if let [id, value] = pair {
+            let (order, name) = text(value)?.split_once(' ')?;
+            users.insert(order.parse().ok()?, integer(id)?.try_into().ok()?, name.to_owned());
         }
     }
     let mut history = Vec::with_capacity(entries.len());
@@ -180,12 +185,13 @@ mod tests {
             bulk("epoch1"),
             Reply::Integer(5),
             Reply::Integer(9),
-            Reply::Array(vec![bulk("12"), bulk("alice"), bulk("13"), bulk("bob")]),
+            Reply::Array(vec![bulk("12"), bulk("2 alice"), bulk("13"), bulk("1 bob")]),
             Reply::Array(vec![entry("5-0", "five"), entry("4-0", "four")]),
         ]);
         let snapshot = snapshot(&reply).unwrap();
         assert_eq!((snapshot.seq, snapshot.ev, snapshot.epoch.as_str()), (5, 9, "epoch1"));
-        assert_eq!(snapshot.users[&13], "bob");
+        let users: Vec<(u64, &str)> = snapshot.users.iter().collect();
+        assert_eq!(users, vec![(13, "bob"), (12, "alice")], "in order of arrival");
         assert_eq!(snapshot.history, vec![(4, "four".to_owned()), (5, "five".to_owned())]);
     }
 }
