@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUSTC_BOOTSTRAP=1
 SECONDS_EACH=${FUZZ_SECONDS:-30}
-TARGETS=(http_head chat_frame chat_session token forwarded)
+TARGETS=(http_head chat_frame chat_session token forwarded resp)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --quiet

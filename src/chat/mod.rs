@@ -168,6 +168,7 @@ impl Chat {
             rooms_without_members: self.rooms_kept_empty(),
             history_bytes: self.history_bytes(),
             rate_limited_frames: self.rate_limited_frames,
+            cluster: None,
         }
     }
 

@@ -21,6 +21,8 @@ struct ChatStats<'a> {
     rooms_without_members: usize,
     /// Bytes of history kept across all rooms (bounded by `--history-memory`).
     history_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<&'a ClusterFigures>,
 }
 
 /// The chat's own numbers, for `/stats` and `/metrics`.
@@ -29,6 +31,19 @@ pub struct Figures {
     pub rooms_without_members: usize,
     pub history_bytes: usize,
     pub rate_limited_frames: u64,
+    /// Only in a cluster (`--redis`).
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// A cluster node's state.
+#[derive(Serialize)]
+pub struct ClusterFigures {
+    pub node: String,
+    /// Whether the node reaches Redis (else `/healthz` is 503).
+    pub available: bool,
+    /// Why not, if it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Answers the `GET` requests the chat knows; `None` leaves the rest to the reactor.
@@ -44,9 +59,10 @@ pub fn respond(chat: &Figures, request: &RequestHead, stats: &Stats) -> Option<V
                 rooms: chat.rooms,
                 rooms_without_members: chat.rooms_without_members,
                 history_bytes: chat.history_bytes,
+                cluster: chat.cluster.as_ref(),
             };
             let body = serde_json::to_vec(&chat_stats)
-                // Invariant: the struct holds only integers.
+                // Invariant: the struct holds only integers, strings and booleans.
                 .expect("stats always serialize");
             Some(http::response(200, "OK", "application/json", &[("Cache-Control", "no-cache")], &body))
         }
@@ -71,6 +87,14 @@ fn metrics(chat: &Figures, stats: &Stats) -> Exposition {
         "Bytes of history kept across all rooms (bounded by --history-memory)",
         chat.history_bytes as u64,
     );
+    if let Some(cluster) = &chat.cluster {
+        metrics.gauge(
+            "cluster_available",
+            None,
+            "1 while this node reaches the cluster's Redis (else /healthz is 503), 0 otherwise",
+            u64::from(cluster.available),
+        );
+    }
     metrics.counter(
         "rate_limited_frames",
         None,

@@ -22,8 +22,8 @@
 mod link;
 mod redis;
 mod replica;
-mod resp;
-mod wire;
+pub mod resp;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,7 +42,7 @@ use crate::chat::protocol::{
 use crate::chat::signed::{
     Auth, SIGNED_IN_ELSEWHERE, Signed, SignedMembers, TOKEN_EXPIRED, TokenDeadlines, deadlines_due, refresh,
 };
-use crate::chat::web::{self, Figures};
+use crate::chat::web::{self, ClusterFigures, Figures};
 use crate::chat::{DEFAULT_ROOM, RateLimit, TokenBucket, reject};
 use crate::handler::{CloseCode, Frame, Handler, Message, Outbox, Refusal, RequestHead, Stats};
 use crate::http;
@@ -884,9 +884,14 @@ impl Cluster {
                 }
                 let Some((head, tail)) = split_at_placeholder(&event, "\"seq\":") else { return };
                 let (id, room) = (member.id, member.room.clone());
-                let id_text = id.to_string();
-                let args: [&[u8]; 4] =
-                    [id_text.as_bytes(), room.as_bytes(), head.as_bytes(), tail.as_bytes()];
+                let (id_text, budget) = (id.to_string(), self.settings.history_bytes.to_string());
+                let args: [&[u8]; 5] = [
+                    id_text.as_bytes(),
+                    room.as_bytes(),
+                    head.as_bytes(),
+                    tail.as_bytes(),
+                    budget.as_bytes(),
+                ];
                 self.eval(Pending::Say { id, request: request_id_owned, ts }, "say", &args);
             }
             Request::Dm { to, text } => {
@@ -1019,6 +1024,11 @@ impl Cluster {
             rooms_without_members: 0,
             history_bytes: 0,
             rate_limited_frames: self.rate_limited_frames,
+            cluster: Some(ClusterFigures {
+                node: self.settings.node.clone(),
+                available: self.available(),
+                reason: (!self.available()).then(|| self.unavailable_reason()),
+            }),
         }
     }
 }

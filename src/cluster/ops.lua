@@ -15,7 +15,8 @@
 --   P:meta:R         hash: epoch, seq (the latest message), ev (the latest room event),
 --                    joins (arrivals so far)
 --   P:members:R      hash: member id -> "ORDER NAME" (ORDER counts arrivals: lists keep it)
---   P:history:R      stream of the room's latest message events, entry id "SEQ-0"
+--   P:history:R      stream of the room's latest message events, entry id "SEQ-0", within
+--                    --history messages and the bytes a welcome carries (meta's hbytes)
 -- Channels: P:room:R carries the room's events, P:node:N what is for node N alone.
 --
 -- Every room event is published as one JSON envelope carrying the room's event counter `ev`, so
@@ -48,6 +49,7 @@ end
 local function epoch_of(room, candidate)
   if redis.call('HSETNX', meta_key(room), 'epoch', candidate) == 1 then
     redis.call('DEL', history_key(room))
+    redis.call('HDEL', meta_key(room), 'hbytes')
   end
   return redis.call('HGET', meta_key(room), 'epoch')
 end
@@ -196,13 +198,23 @@ elseif op == 'leave' then
   return 1
 
 elseif op == 'say' then
-  -- ARGV: id, room, the event before its seq, the event after it
-  local id, room = ARGV[6], ARGV[7]
+  -- ARGV: id, room, the event before its seq, the event after it, most bytes of history
+  local id, room, budget = ARGV[6], ARGV[7], tonumber(ARGV[10])
   if not member_of(room, id) then return { 0 } end
   local seq = redis.call('HINCRBY', meta_key(room), 'seq', 1)
   local event = ARGV[8] .. seq .. ARGV[9]
   if history > 0 then
-    redis.call('XADD', history_key(room), 'MAXLEN', history, seq .. '-0', 'e', event)
+    -- The stream keeps the latest --history messages within the byte budget a welcome can
+    -- carry; `hbytes` counts its bytes.
+    local stream = history_key(room)
+    redis.call('XADD', stream, seq .. '-0', 'e', event)
+    local bytes = redis.call('HINCRBY', meta_key(room), 'hbytes', #event)
+    while bytes > budget or redis.call('XLEN', stream) > history do
+      local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+      if not oldest then break end
+      redis.call('XDEL', stream, oldest[1])
+      bytes = redis.call('HINCRBY', meta_key(room), 'hbytes', -#oldest[2][2])
+    end
   end
   publish(room, 'message', '"from":' .. id .. ',"seq":' .. seq .. ',"event":' .. event)
   return { seq }
