@@ -673,6 +673,42 @@ fn subscriptions_killed_by_redis_mid_stream_lose_and_repeat_nothing() {
     }
 }
 
+#[test]
+fn a_node_whose_subscription_is_refused_still_serves_but_reports_unhealthy_until_it_is_back() {
+    let redis = RedisServer::start();
+    let a = start_node(&redis, "sub-refused", "a", &[]);
+    let b = start_node(&redis, "sub-refused", "b", &[]);
+    let (mut alice, _) = a.join("/?name=alice&room=q");
+    let (mut bob, _) = b.join("/?name=bob&room=q");
+    alice.recv_type("joined");
+    let stats = a.stats();
+    assert_eq!((&stats["cluster"]["node"], &stats["cluster"]["available"]), (&json!("a"), &json!(true)));
+
+    // Redis now refuses SUBSCRIBE (and only that): the kill drops the nodes' subscriptions and
+    // they cannot come back.
+    assert_eq!(redis.command(&["ACL", "SETUSER", "default", "-subscribe"]).trim_end(), "+OK");
+    let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(killed.trim_start_matches(':').trim_end().parse::<u64>().unwrap_or(0) >= 1, "{killed}");
+    let body = wait_for_health(&a, 503, RECOVERY);
+    assert!(body.starts_with("unavailable: the subscription"), "{body:?}");
+    assert_refused_with_503(&a);
+    assert_eq!(a.stats()["cluster"]["available"], json!(false));
+    // Requests are still served: they need commands, not the subscription.
+    alice.send_json(json!({"type": "message", "text": "while deaf", "id": "deaf"}));
+    assert_eq!(alice.recv_type("ack")["seq"], 1);
+
+    assert_eq!(redis.command(&["ACL", "SETUSER", "default", "+subscribe"]).trim_end(), "+OK");
+    assert_eq!(wait_for_health(&a, 200, RECOVERY).trim_end(), "ok");
+    assert_eq!(wait_for_health(&b, 200, RECOVERY).trim_end(), "ok");
+    // What bob's node missed while deaf, it caught up from the stream, once.
+    let heard = recv_type_by(&mut bob, "message", Instant::now() + RECOVERY);
+    assert_eq!((&heard["seq"], &heard["text"]), (&json!(1), &json!("while deaf")));
+    bob.send_json(json!({"type": "message", "text": "heard again", "id": "again"}));
+    assert_eq!(bob.recv_type("ack")["seq"], 2);
+    assert_eq!(recv_type_by(&mut alice, "message", Instant::now() + RECOVERY)["text"], "heard again");
+    bob.assert_nothing_pending();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------

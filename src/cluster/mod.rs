@@ -191,6 +191,8 @@ pub struct Cluster {
     asserted: bool,
     /// Whether the node's own channel (DMs, evictions, probes) is subscribed.
     node_subscribed: bool,
+    /// Since when the subscription has been down while commands work (Unix ms).
+    subscriber_down_since: Option<u64>,
     next_beat_at: u64,
     /// The liveness probe in flight: its number and when it was sent.
     probe: Option<(u64, u64)>,
@@ -225,6 +227,7 @@ impl Cluster {
             next_local: 1,
             asserted: false,
             node_subscribed: false,
+            subscriber_down_since: None,
             next_beat_at: 0,
             probe: None,
             probes_sent: 0,
@@ -247,14 +250,26 @@ impl Cluster {
         self
     }
 
+    /// Whether requests can be served: Redis answers commands. (A subscription that is down
+    /// only delays what this node's members hear: they catch up from the stored state.)
     fn available(&self) -> bool {
         *self.redis.health() == Health::Up
     }
 
+    /// Whether the node is healthy for a load balancer (`/healthz`, upgrades): available, and its
+    /// subscription not down for long, so that a node whose members hear nothing is drained.
+    fn healthy(&self) -> bool {
+        self.available()
+            && self
+                .subscriber_down_since
+                .is_none_or(|since| self.now_ms.saturating_sub(since) < REPLY_TIMEOUT_MS)
+    }
+
     fn unavailable_reason(&self) -> String {
         match self.redis.health() {
-            Health::Up => "ok".into(),
             Health::Down(reason) => reason.clone(),
+            Health::Up if !self.healthy() => "the subscription to Redis is down".into(),
+            Health::Up => "ok".into(),
         }
     }
 
@@ -356,6 +371,7 @@ impl Cluster {
     fn on_subscribed(&mut self, channel: &[u8]) {
         if channel == self.settings.node_channel().as_bytes() {
             self.node_subscribed = true;
+            self.subscriber_down_since = None;
             return;
         }
         let prefix = format!("{}:room:", self.settings.prefix);
@@ -690,6 +706,7 @@ impl Cluster {
     fn on_lost<O: Outbox>(&mut self, out: &mut O) {
         self.asserted = false;
         self.node_subscribed = false;
+        self.subscriber_down_since = None;
         self.probe = None;
         for replica in self.rooms.values_mut() {
             replica.lose_track();
@@ -704,6 +721,7 @@ impl Cluster {
     /// room's stored state once it is back.
     fn on_subscriber_lost<O: Outbox>(&mut self, out: &mut O) {
         self.node_subscribed = false;
+        self.subscriber_down_since.get_or_insert(self.now_ms);
         self.probe = None;
         for replica in self.rooms.values_mut() {
             replica.lose_track();
@@ -985,7 +1003,7 @@ impl Cluster {
             self.next_beat_at = self.now_ms + self.settings.beat_interval_ms();
             let score = self.beat_score_ms().to_string();
             self.eval(Pending::Beat, "beat", &[score.as_bytes()]);
-            if self.probe.is_none() {
+            if self.probe.is_none() && self.node_subscribed {
                 self.probes_sent += 1;
                 let probe = format!("{{\"kind\":\"probe\",\"n\":{}}}", self.probes_sent);
                 let channel = self.settings.node_channel();
@@ -1006,7 +1024,10 @@ impl Cluster {
     fn schedule<O: Outbox>(&mut self, out: &mut O) {
         let beat = (self.available() && !self.stopping).then_some(self.next_beat_at);
         let probe = self.probe.map(|(_, sent)| sent + REPLY_TIMEOUT_MS);
-        let next = [self.redis.next_deadline(), beat, probe, self.token_deadlines.first()]
+        // Woken when a subscription down that long makes /healthz say so.
+        let unhealthy =
+            self.subscriber_down_since.map(|since| since + REPLY_TIMEOUT_MS).filter(|&at| at > self.now_ms);
+        let next = [self.redis.next_deadline(), beat, probe, unhealthy, self.token_deadlines.first()]
             .into_iter()
             .flatten()
             .min();
@@ -1026,8 +1047,8 @@ impl Cluster {
             rate_limited_frames: self.rate_limited_frames,
             cluster: Some(ClusterFigures {
                 node: self.settings.node.clone(),
-                available: self.available(),
-                reason: (!self.available()).then(|| self.unavailable_reason()),
+                available: self.healthy(),
+                reason: (!self.healthy()).then(|| self.unavailable_reason()),
             }),
         }
     }
@@ -1045,7 +1066,8 @@ impl Handler for Cluster {
     }
 
     fn check_upgrade(&mut self, request: &RequestHead, unix_ms: u64) -> Result<(), Refusal> {
-        if !self.available() {
+        self.now_ms = unix_ms;
+        if !self.healthy() {
             let reason = format!("cluster unavailable: {}", self.unavailable_reason());
             let response = http::plain(503, "Service Unavailable", &format!("{reason}\n"));
             return Err(Refusal { response, reason });
@@ -1122,7 +1144,7 @@ impl Handler for Cluster {
 
     fn respond(&mut self, request: &RequestHead, stats: &Stats) -> Option<Vec<u8>> {
         if request.path() == "/healthz" {
-            return Some(if self.available() {
+            return Some(if self.healthy() {
                 http::plain(200, "OK", "ok\n")
             } else {
                 http::plain(
