@@ -444,4 +444,4 @@ pub(crate) fn reject<O: Outbox>(out: &mut O, to: Token, rejection: &Rejection, i
 #[cfg(test)]
 mod sequence_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

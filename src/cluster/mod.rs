@@ -1245,3 +1245,6 @@ fn unavailable<O: Outbox>(out: &mut O, token: Token, request: Option<&str>) {
         Rejection::new(ErrorCode::Unavailable, "the cluster is unavailable just now; nothing was done");
     reject(out, token, &rejection, request);
 }
+
+#[cfg(test)]
+mod tests;
