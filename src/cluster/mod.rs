@@ -81,6 +81,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The prefix of every room's channel name.
+    fn room_channel_prefix(&self) -> String {
+        format!("{}:room:", self.prefix)
+    }
+
     /// How often the node beats: five beats per timeout, so a live node is never mistaken for a
     /// dead one, and a dead one is noticed within the timeout.
     fn beat_interval_ms(&self) -> u64 {
@@ -88,7 +93,7 @@ impl Settings {
     }
 
     fn room_channel(&self, room: &str) -> String {
-        format!("{}:room:{room}", self.prefix)
+        format!("{}{room}", self.room_channel_prefix())
     }
 
     fn node_channel(&self) -> String {
@@ -207,12 +212,17 @@ pub struct Cluster {
     now_ms: u64,
     /// What Redis said, to be handled.
     events: Vec<RedisEvent<Pending>>,
+    /// The node's own channel, and the prefix of room channels, spelled once.
+    node_channel: Vec<u8>,
+    room_channel_prefix: Vec<u8>,
 }
 
 impl Cluster {
     pub fn new(settings: Settings) -> Cluster {
         let mut random = fastrand::Rng::new();
         let tag = random.u64(1..(1 << TAG_BITS));
+        let node_channel = settings.node_channel().into_bytes();
+        let room_channel_prefix = settings.room_channel_prefix().into_bytes();
         info!("cluster: node {} joins through redis://{}/{}", settings.node, settings.redis, settings.db);
         Cluster {
             redis: Redis::new(settings.redis, settings.db),
@@ -237,6 +247,8 @@ impl Cluster {
             stopping: false,
             now_ms: 0,
             events: Vec::new(),
+            node_channel,
+            room_channel_prefix,
         }
     }
 
@@ -368,19 +380,19 @@ impl Cluster {
         self.settings.node_timeout_ms.saturating_sub(self.settings.beat_interval_ms()).max(1)
     }
 
+    /// The room a channel is for, if it is a room's.
+    fn room_of_channel(&self, channel: &[u8]) -> Option<String> {
+        let room = channel.strip_prefix(self.room_channel_prefix.as_slice())?;
+        std::str::from_utf8(room).ok().map(str::to_owned)
+    }
+
     fn on_subscribed(&mut self, channel: &[u8]) {
-        if channel == self.settings.node_channel().as_bytes() {
+        if channel == self.node_channel {
             self.node_subscribed = true;
             self.subscriber_down_since = None;
             return;
         }
-        let prefix = format!("{}:room:", self.settings.prefix);
-        let Some(room) =
-            channel.strip_prefix(prefix.as_bytes()).and_then(|room| std::str::from_utf8(room).ok())
-        else {
-            return;
-        };
-        let room = room.to_owned();
+        let Some(room) = self.room_of_channel(channel) else { return };
         if let Some(replica) = self.rooms.get_mut(&room) {
             // Whatever the replica knew may predate the subscription: it starts over from a
             // state read after it.
@@ -424,18 +436,14 @@ impl Cluster {
     }
 
     fn on_channel_message<O: Outbox>(&mut self, channel: &[u8], payload: &[u8], out: &mut O) {
-        if channel == self.settings.node_channel().as_bytes() {
+        if channel == self.node_channel {
             return match node_envelope(payload) {
                 Some(envelope) => self.on_node_envelope(envelope, out),
                 None => warn!("cluster: unreadable message on the node channel"),
             };
         }
-        let prefix = format!("{}:room:", self.settings.prefix);
-        let Some(room) =
-            channel.strip_prefix(prefix.as_bytes()).and_then(|room| std::str::from_utf8(room).ok())
-        else {
-            return;
-        };
+        let Some(room) = self.room_of_channel(channel) else { return };
+        let room = room.as_str();
         let Some(envelope) = room_envelope(payload) else {
             return warn!("cluster: unreadable message on the channel of room {room}");
         };
