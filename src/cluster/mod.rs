@@ -7,10 +7,10 @@
 //! is one call of a Lua script (`ops.lua`), which Redis runs whole: a room's `seq`, its epoch, its
 //! members and its history live in Redis, and every room event is published on the room's channel.
 //! A node delivers to its local members only what comes back from that channel, so every node
-//! sees the order Redis chose. Each node keeps a [`Replica`] of the rooms its members are in, kept
+//! sees the order Redis chose. Each node keeps a replica (`replica.rs`) of the rooms its members are in, kept
 //! current by those events, so `who` and welcomes ask nobody.
 //!
-//! Redis sits on the reactor's loop like any socket ([`redis`]): nothing waits for it, a Redis that
+//! Redis sits on the reactor's loop like any socket (`redis.rs`): nothing waits for it, a Redis that
 //! stops answering is noticed by a timeout, and while it is out of reach the node says so: 503 at
 //! `/healthz` and on upgrades, `unavailable` errors for requests that need it. Its members stay
 //! connected; when Redis is back the node tells it who they are (`assert`), and each room catches
