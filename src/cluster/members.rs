@@ -14,7 +14,7 @@ use crate::chat::protocol::{
     ErrorCode, Event, MessageView, Rejection, Request, Resume, UpgradeQuery, UserView,
 };
 use crate::chat::signed::{TOKEN_EXPIRED, refresh};
-use crate::chat::{DEFAULT_ROOM, TokenBucket, reject};
+use crate::chat::{Arrival, TokenBucket, arrival, reject};
 use crate::handler::{CloseCode, Outbox};
 
 impl Cluster {
@@ -91,30 +91,8 @@ impl Cluster {
         };
         let id = (self.tag << LOCAL_BITS) | (self.next_local & ((1 << LOCAL_BITS) - 1));
         self.next_local += 1;
-        let mut problems = Vec::new();
-        let name = match (&identity, query.name) {
-            (Some(identity), _) => identity.name.clone(),
-            (None, Some(name)) => match check_name_shape(&name) {
-                Ok(()) => name,
-                Err(rejection) => {
-                    problems.push(rejection);
-                    guest_name(id)
-                }
-            },
-            (None, None) => guest_name(id),
-        };
-        let room = match query.room.map(|room| check_room(&room).map(|()| room)) {
-            Some(Ok(room)) => room,
-            Some(Err(rejection)) => {
-                problems.push(rejection);
-                DEFAULT_ROOM.to_owned()
-            }
-            None => DEFAULT_ROOM.to_owned(),
-        };
-        let room = match &identity {
-            Some(identity) => crate::chat::Chat::allowed_room(identity, room, &mut problems),
-            None => room,
-        };
+        let Arrival { name, room, problems } =
+            arrival(query.name, query.room, identity.as_ref(), id, check_name_shape);
         let allowance = self.rate_limit.map(|limit| TokenBucket::full(limit, self.now_ms));
         let signed =
             identity.map(|identity: Identity| self.token_deadlines.track(token, identity, self.now_ms));
