@@ -709,6 +709,48 @@ fn a_node_whose_subscription_is_refused_still_serves_but_reports_unhealthy_until
     bob.assert_nothing_pending();
 }
 
+#[test]
+fn history_in_redis_keeps_the_latest_messages_within_count_and_bytes_and_goes_with_the_ttl() {
+    let redis = RedisServer::start();
+    // --max-send-buffer 16384: a welcome carries at most 8,192 bytes of history.
+    let flags = ["--history", "5", "--history-ttl", "1", "--max-send-buffer", "16384"];
+    let a = start_node(&redis, "kept", "a", &flags);
+    let integer = |reply: String| reply.trim_start_matches(':').trim_end().parse::<i64>().unwrap();
+    let (mut alice, welcome) = a.join("/?name=alice&room=k");
+    let epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    for index in 0..8 {
+        alice.send_json(
+            json!({"type": "message", "text": format!("short {index}"), "id": format!("s{index}")}),
+        );
+        alice.recv_type("ack");
+    }
+    assert_eq!(integer(redis.command(&["XLEN", "kept:history:k"])), 5, "--history messages");
+    let long = "x".repeat(3000);
+    for index in 0..4 {
+        alice.send_json(json!({"type": "message", "text": long, "id": format!("l{index}")}));
+        alice.recv_type("ack");
+    }
+    assert_eq!(
+        integer(redis.command(&["XLEN", "kept:history:k"])),
+        2,
+        "two 3 KB events fit in 8 KB, three do not"
+    );
+    let (newcomer, welcome) = a.join("/?room=k");
+    let seqs: Vec<u64> = welcome["history"].as_array().unwrap().iter().map(seq).collect();
+    assert_eq!(seqs, vec![11, 12]);
+
+    // The last member leaves: the room is kept for --history-ttl (1 s), then Redis forgets it.
+    drop((newcomer, alice));
+    let give_up = Instant::now() + RECOVERY;
+    while integer(redis.command(&["EXISTS", "kept:meta:k", "kept:history:k"])) > 0 {
+        assert!(Instant::now() < give_up, "the room outlived --history-ttl");
+        thread::sleep(Duration::from_millis(50)); // Polling Redis: expiry sends no event.
+    }
+    let (_, back) = a.join(&format!("/?room=k&since=12&epoch={epoch}"));
+    assert_eq!((&back["recovered"], &back["seq"]), (&json!(false), &json!(0)));
+    assert_ne!(back["epoch"], json!(epoch), "a forgotten room comes back with a new epoch");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
