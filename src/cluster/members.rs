@@ -6,7 +6,10 @@ use mio::Token;
 
 use super::greeting::{PLACEHOLDER, split_at_placeholder, unavailable};
 use super::replica::Replica;
-use super::{Cluster, Entry, Greeting, LOCAL_BITS, Member, Pending};
+use super::{
+    Cluster, Entry, Greeting, LOCAL_BITS, MAX_COMMANDS_IN_FLIGHT, MAX_REQUESTS_IN_FLIGHT_PER_MEMBER, Member,
+    Pending,
+};
 use crate::auth::Identity;
 use crate::chat::messages::fits;
 use crate::chat::names::{check_name_shape, check_room, guest_name};
@@ -97,7 +100,8 @@ impl Cluster {
         let signed =
             identity.map(|identity: Identity| self.token_deadlines.track(token, identity, self.now_ms));
         let entry = Entry { greeting: Greeting::Welcome, resume: query.resume, problems, leaving: None };
-        let member = Member { id, name, room, entered: false, entry: Some(entry), allowance, signed };
+        let member =
+            Member { id, name, room, entered: false, entry: Some(entry), allowance, signed, in_flight: 0 };
         self.members.insert(token, member);
         self.tokens.insert(id, token);
         self.enter(token);
@@ -150,6 +154,15 @@ impl Cluster {
         let Some(member) = self.members.get(&token) else { return };
         if !self.available() || !member.entered {
             return unavailable(out, token, request_id);
+        }
+        if member.in_flight >= MAX_REQUESTS_IN_FLIGHT_PER_MEMBER
+            || self.redis.in_flight() >= MAX_COMMANDS_IN_FLIGHT
+        {
+            let rejection = Rejection::new(
+                ErrorCode::Unavailable,
+                "too many requests are waiting for the cluster; this one was dropped: slow down",
+            );
+            return reject(out, token, &rejection, request_id);
         }
         let request_id_owned = request_id.map(str::to_owned);
         match request {

@@ -50,6 +50,13 @@ use replica::Replica;
 const TAG_BITS: u32 = 21;
 const LOCAL_BITS: u32 = 32;
 
+/// Most of one member's requests waiting for Redis at once; past it, a request is answered
+/// `unavailable` at once. A client that pipelines faster than Redis answers is told to slow down,
+/// instead of queuing without bound in front of everyone else's.
+const MAX_REQUESTS_IN_FLIGHT_PER_MEMBER: u32 = 64;
+/// Most commands waiting for Redis at once, all members together.
+const MAX_COMMANDS_IN_FLIGHT: usize = 16_384;
+
 /// How the cluster is set up.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -131,6 +138,20 @@ enum Pending {
     },
 }
 
+impl Pending {
+    /// The member whose request this is, for the requests counted against
+    /// `MAX_REQUESTS_IN_FLIGHT_PER_MEMBER`.
+    fn requester(&self) -> Option<u64> {
+        match self {
+            Pending::Say { id, .. }
+            | Pending::Dm { id, .. }
+            | Pending::Nick { id, .. }
+            | Pending::Snapshot { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+}
+
 /// What a member's entry into a room answers with.
 struct Entry {
     greeting: Greeting,
@@ -158,6 +179,8 @@ struct Member {
     entry: Option<Entry>,
     allowance: Option<TokenBucket>,
     signed: Option<Signed>,
+    /// Its requests waiting for Redis.
+    in_flight: u32,
 }
 
 impl SignedMembers for HashMap<Token, Member> {
@@ -276,6 +299,7 @@ impl Cluster {
 
     /// Calls the script: `op`, the settings every operation needs, then `args`.
     fn eval(&mut self, pending: Pending, op: &str, args: &[&[u8]]) {
+        self.count_request(pending.requester(), 1);
         let ttl = self.settings.history_ttl_ms.to_string();
         let history = self.settings.history.to_string();
         let mut all: Vec<&[u8]> =
@@ -283,6 +307,16 @@ impl Cluster {
         all.extend([ttl.as_bytes(), history.as_bytes()]);
         all.extend_from_slice(args);
         self.redis.eval(pending, &all, self.now_ms, &mut self.events);
+    }
+
+    /// Counts a member's request in (`+1`) or out (`-1`, answered or failed).
+    fn count_request(&mut self, requester: Option<u64>, change: i32) {
+        let Some(member) =
+            requester.and_then(|id| self.tokens.get(&id)).and_then(|token| self.members.get_mut(token))
+        else {
+            return;
+        };
+        member.in_flight = member.in_flight.saturating_add_signed(change);
     }
 
     fn epoch_candidate(&mut self) -> String {

@@ -138,6 +138,11 @@ impl<T, L: Transport> Redis<T, L> {
         self.subscriber.is_connected()
     }
 
+    /// Commands waiting for their replies.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Whether any command is waiting for its reply.
     pub fn is_busy(&self) -> bool {
         !self.in_flight.is_empty()

@@ -150,6 +150,7 @@ fn member(room: &str) -> Member {
         entry: None,
         allowance: None,
         signed: None,
+        in_flight: 0,
     }
 }
 
