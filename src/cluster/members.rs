@@ -2,6 +2,7 @@
 //! checked by the chat's own rules here, then becomes one call of the cluster script; the answer
 //! comes back through `replies.rs` and the room's channel.
 
+use log::debug;
 use mio::Token;
 
 use super::greeting::{PLACEHOLDER, split_at_placeholder, unavailable};
@@ -100,8 +101,17 @@ impl Cluster {
         let signed =
             identity.map(|identity: Identity| self.token_deadlines.track(token, identity, self.now_ms));
         let entry = Entry { greeting: Greeting::Welcome, resume: query.resume, problems, leaving: None };
-        let member =
-            Member { id, name, room, entered: false, entry: Some(entry), allowance, signed, in_flight: 0 };
+        let member = Member {
+            id,
+            name,
+            room,
+            entered: false,
+            entry: Some(entry),
+            allowance,
+            signed,
+            in_flight: 0,
+            held: false,
+        };
         self.members.insert(token, member);
         self.tokens.insert(id, token);
         self.enter(token);
@@ -249,6 +259,18 @@ impl Cluster {
                 );
             }
             Request::Ping | Request::Auth { .. } => {}
+        }
+        if let Some(member) = self.members.get_mut(&token)
+            && member.in_flight >= MAX_REQUESTS_IN_FLIGHT_PER_MEMBER
+            && !member.held
+        {
+            member.held = true;
+            debug!(
+                "connection {}: {MAX_REQUESTS_IN_FLIGHT_PER_MEMBER} requests wait for Redis; not reading from it \
+                 until half are answered",
+                token.0
+            );
+            out.hold(token);
         }
     }
 

@@ -50,11 +50,12 @@ use replica::Replica;
 const TAG_BITS: u32 = 21;
 const LOCAL_BITS: u32 = 32;
 
-/// Most of one member's requests waiting for Redis at once; past it, a request is answered
-/// `unavailable` at once. A client that pipelines faster than Redis answers is told to slow down,
-/// instead of queuing without bound in front of everyone else's.
+/// Most of one member's requests waiting for Redis at once: at it, the node stops reading from
+/// the member (`Outbox::hold`) until half have been answered, so a client that pipelines faster
+/// than Redis answers is slowed down by TCP instead of queuing without bound ahead of the others.
 const MAX_REQUESTS_IN_FLIGHT_PER_MEMBER: u32 = 64;
-/// Most commands waiting for Redis at once, all members together.
+/// Most commands waiting for Redis at once, all members together; past it a request is refused
+/// with `unavailable` (a last resort: it takes hundreds of members pipelining at once).
 const MAX_COMMANDS_IN_FLIGHT: usize = 16_384;
 
 /// How the cluster is set up.
@@ -181,6 +182,8 @@ struct Member {
     signed: Option<Signed>,
     /// Its requests waiting for Redis.
     in_flight: u32,
+    /// Whether the node stopped reading from it until those are answered.
+    held: bool,
 }
 
 impl SignedMembers for HashMap<Token, Member> {
@@ -299,7 +302,9 @@ impl Cluster {
 
     /// Calls the script: `op`, the settings every operation needs, then `args`.
     fn eval(&mut self, pending: Pending, op: &str, args: &[&[u8]]) {
-        self.count_request(pending.requester(), 1);
+        if let Some(member) = self.requester_mut(pending.requester()) {
+            member.in_flight += 1;
+        }
         let ttl = self.settings.history_ttl_ms.to_string();
         let history = self.settings.history.to_string();
         let mut all: Vec<&[u8]> =
@@ -309,14 +314,21 @@ impl Cluster {
         self.redis.eval(pending, &all, self.now_ms, &mut self.events);
     }
 
-    /// Counts a member's request in (`+1`) or out (`-1`, answered or failed).
-    fn count_request(&mut self, requester: Option<u64>, change: i32) {
-        let Some(member) =
-            requester.and_then(|id| self.tokens.get(&id)).and_then(|token| self.members.get_mut(token))
-        else {
-            return;
-        };
-        member.in_flight = member.in_flight.saturating_add_signed(change);
+    fn requester_mut(&mut self, requester: Option<u64>) -> Option<&mut Member> {
+        let token = self.tokens.get(&requester?)?;
+        self.members.get_mut(token)
+    }
+
+    /// A member's request was answered (or failed): a member held for having too many waiting
+    /// is read again once half of them are done.
+    fn request_done<O: Outbox>(&mut self, requester: Option<u64>, out: &mut O) {
+        let Some(&token) = requester.and_then(|id| self.tokens.get(&id)) else { return };
+        let Some(member) = self.members.get_mut(&token) else { return };
+        member.in_flight = member.in_flight.saturating_sub(1);
+        if member.held && member.in_flight <= MAX_REQUESTS_IN_FLIGHT_PER_MEMBER / 2 {
+            member.held = false;
+            out.release(token);
+        }
     }
 
     fn epoch_candidate(&mut self) -> String {

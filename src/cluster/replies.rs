@@ -13,7 +13,7 @@ use crate::handler::{CloseCode, Outbox};
 
 impl Cluster {
     pub(super) fn on_reply<O: Outbox>(&mut self, pending: Pending, reply: resp::Reply, out: &mut O) {
-        self.count_request(pending.requester(), -1);
+        self.request_done(pending.requester(), out);
         if let resp::Reply::Error(problem) = &reply {
             error!("cluster: Redis refused an operation: {problem}");
             return self.on_failed(pending, out);
@@ -190,7 +190,7 @@ impl Cluster {
     /// A command that failed (never sent, lost with the connection, or refused): its member is
     /// told, or, if it was entering, closed: it may try again later.
     pub(super) fn on_failed<O: Outbox>(&mut self, pending: Pending, out: &mut O) {
-        self.count_request(pending.requester(), -1);
+        self.request_done(pending.requester(), out);
         match pending {
             Pending::Say { id, request, .. }
             | Pending::Dm { id, request, .. }

@@ -151,6 +151,7 @@ fn member(room: &str) -> Member {
         allowance: None,
         signed: None,
         in_flight: 0,
+        held: false,
     }
 }
 
