@@ -778,6 +778,62 @@ fn a_member_pipelining_faster_than_redis_answers_is_slowed_down_and_loses_nothin
     alice.assert_nothing_pending();
 }
 
+#[test]
+fn a_node_presumed_dead_comes_back_with_its_members_and_a_name_taken_meanwhile_is_given_up() {
+    let redis = RedisServer::start();
+    let timeout = ["--node-timeout", "2"];
+    let a = start_node(&redis, "comeback", "a", &timeout);
+    let b = start_node(&redis, "comeback", "b", &timeout);
+    let (mut alice, alice_welcome) = a.join("/?name=alice&room=r");
+    let alice_id = alice_welcome["id"].clone();
+    let (mut bob, _) = b.join("/?name=bob&room=r");
+    alice.recv_type("joined");
+    // Node a stops (as a paused VM would) for longer than its timeout: b announces alice gone.
+    a.signal("STOP");
+    let left = recv_type_by(&mut bob, "left", Instant::now() + Duration::from_secs(2 + 3));
+    assert_eq!(left["user"]["id"], alice_id);
+    let (_carol, carol_welcome) = b.join("/?name=alice&room=elsewhere");
+    assert_eq!(carol_welcome["name"], "alice", "the presumed-dead node's names are free");
+    a.signal("CONT");
+    // Node a notices on its next beat, tells Redis its members again: alice's name is carol's now.
+    let error = recv_type_by(&mut alice, "error", Instant::now() + RECOVERY);
+    assert_eq!(error["code"], "name_taken", "{error}");
+    let rejoined = recv_type_by(&mut bob, "joined", Instant::now() + RECOVERY);
+    assert_eq!(rejoined["user"]["id"], alice_id);
+    let guest = rejoined["user"]["name"].clone();
+    assert!(is_guest_name(&guest), "{rejoined}");
+    alice.send_json(json!({"type": "message", "text": "still here", "id": "back"}));
+    assert!(alice.recv_type("ack")["seq"].as_u64().is_some());
+    let heard = recv_type_by(&mut bob, "message", Instant::now() + RECOVERY);
+    assert_eq!((&heard["from"]["id"], &heard["from"]["name"]), (&alice_id, &guest));
+}
+
+#[test]
+fn history_outlives_every_wschat_process() {
+    let redis = RedisServer::start();
+    let mut a = start_node(&redis, "outlive", "a", &[]);
+    let (mut alice, welcome) = a.join("/?name=alice&room=h");
+    let epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    for index in 1..=3 {
+        alice.send_json(
+            json!({"type": "message", "text": format!("kept {index}"), "id": format!("k{index}")}),
+        );
+        alice.recv_type("ack");
+    }
+    a.signal("TERM");
+    assert!(a.wait_for_exit(DEADLINE).success());
+    // Every process is gone; a new one resumes from Redis, within --history-ttl.
+    let b = start_node(&redis, "outlive", "b", &[]);
+    let (_, resumed) = b.join(&format!("/?room=h&since=1&epoch={epoch}"));
+    assert_eq!(
+        (&resumed["recovered"], &resumed["epoch"], &resumed["seq"]),
+        (&json!(true), &json!(epoch), &json!(3))
+    );
+    let texts: Vec<&str> =
+        resumed["history"].as_array().unwrap().iter().map(|event| event["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["kept 2", "kept 3"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------

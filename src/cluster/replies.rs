@@ -21,10 +21,20 @@ impl Cluster {
         match pending {
             Pending::Assert => self.on_asserted(&reply, out),
             Pending::Beat => {
-                if let resp::Reply::Array(reaped) = &reply {
+                let resp::Reply::Array(parts) = &reply else { return };
+                if let Some(resp::Reply::Array(reaped)) = parts.get(1) {
                     for node in reaped.iter().filter_map(resp::text) {
                         info!("cluster: node {node} stopped beating; its members have left");
                     }
+                }
+                if parts.first().and_then(resp::integer) == Some(1) && self.asserted {
+                    // This node was presumed dead (stopped, or cut off, for longer than its
+                    // timeout): the others announced its members gone. It tells Redis again who
+                    // they are; a name taken meanwhile makes its holder here a guest.
+                    warn!(
+                        "cluster: this node was presumed dead and its members removed; announcing them again"
+                    );
+                    self.send_assert();
                 }
             }
             Pending::Probe | Pending::Stop | Pending::Leave => {}
