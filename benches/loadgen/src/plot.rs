@@ -117,6 +117,8 @@ pub struct RssPlot {
     pub load_minutes: f64,
     /// The most RSS the last half of the load may reach and still count as flat.
     pub tolerance_mib: f64,
+    /// Lines under the plot: the machine, the run's figures.
+    pub caption: Vec<String>,
 }
 
 pub fn rss_svg(path: &str, plot: &RssPlot, title: &str) -> Result<(), String> {
@@ -127,10 +129,13 @@ pub fn rss_svg(path: &str, plot: &RssPlot, title: &str) -> Result<(), String> {
     let x_min = plot.rss_mib.iter().map(|p| p.0).fold(0.0, f64::min);
     let x_max = plot.rss_mib.iter().map(|p| p.0).fold(plot.load_minutes, f64::max) + 0.2;
     let y_max = plot.rss_mib.iter().map(|p| p.1).fold(plot.tolerance_mib, f64::max) * 1.15;
-    let sockets_max = plot.sockets.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
-    let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
+    // The sockets' line sits at about half height, clear of the RSS and its bound.
+    let sockets_max = plot.sockets.iter().map(|p| p.1).fold(1.0, f64::max) * 2.0;
+    let height = 580 + 22 * plot.caption.len() as u32;
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
-    let mut chart = ChartBuilder::on(&root)
+    let (upper, lower) = root.split_vertically(570);
+    let mut chart = ChartBuilder::on(&upper)
         .caption(title, ("sans-serif", 20))
         .margin(20)
         .x_label_area_size(50)
@@ -143,6 +148,7 @@ pub fn rss_svg(path: &str, plot: &RssPlot, title: &str) -> Result<(), String> {
         .configure_mesh()
         .x_desc("minutes since the load began (before 0: connecting the members)")
         .y_desc("server RSS, MiB")
+        .light_line_style(WHITE)
         .draw()
         .map_err(|e| fail(&e))?;
     chart.configure_secondary_axes().y_desc("sockets held (slab slots)").draw().map_err(|e| fail(&e))?;
@@ -158,13 +164,15 @@ pub fn rss_svg(path: &str, plot: &RssPlot, title: &str) -> Result<(), String> {
         .map_err(|e| fail(&e))?;
     let half = plot.load_minutes / 2.0;
     chart
-        .draw_series(LineSeries::new(
+        .draw_series(DashedLineSeries::new(
             vec![(half, plot.tolerance_mib), (plot.load_minutes, plot.tolerance_mib)],
-            RED,
+            6,
+            4,
+            RED.stroke_width(2),
         ))
         .map_err(|e| fail(&e))?
-        .label("flat bound over the last half")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        .label("the most RSS the last half may reach and count as flat")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
     for at in [0.0, half, plot.load_minutes] {
         chart
             .draw_series(LineSeries::new(vec![(at, 0.0), (at, y_max)], BLACK.mix(0.3)))
@@ -173,7 +181,7 @@ pub fn rss_svg(path: &str, plot: &RssPlot, title: &str) -> Result<(), String> {
     chart
         .draw_secondary_series(LineSeries::new(plot.sockets.iter().copied(), orange.stroke_width(1)))
         .map_err(|e| fail(&e))?
-        .label("sockets held (right)")
+        .label("sockets held by the server (right)")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(1)));
     chart
         .configure_series_labels()
@@ -182,6 +190,11 @@ pub fn rss_svg(path: &str, plot: &RssPlot, title: &str) -> Result<(), String> {
         .border_style(BLACK)
         .draw()
         .map_err(|e| fail(&e))?;
+    for (i, line) in plot.caption.iter().enumerate() {
+        lower
+            .draw(&Text::new(line.clone(), (20, 4 + 22 * i as i32), ("sans-serif", 14)))
+            .map_err(|e| fail(&e))?;
+    }
     root.present().map_err(|e| fail(&e))?;
     Ok(())
 }

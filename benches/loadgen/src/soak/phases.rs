@@ -47,6 +47,10 @@ pub struct Run {
     pub rss_end_kib: Option<u64>,
     pub server_cpu_secs: Option<f64>,
     pub loadgen_cpu_secs: f64,
+    /// Everything else on the machine over the load, in cores (another build, say): noise.
+    pub other_cpu_share: Option<f64>,
+    /// `/proc/loadavg` before and after the load.
+    pub load_average: (Option<String>, Option<String>),
     pub probe_minutes: Vec<Summary>,
     pub server_exit: Option<i32>,
     pub server_panicked: bool,
@@ -79,6 +83,8 @@ pub fn run(
     }
 
     let load_start = Instant::now();
+    let load_average_before = procfs::load_average();
+    let machine_start = procfs::machine_busy_seconds();
     let server_cpu_start = procfs::cpu_seconds(server.pid);
     let own_cpu_start = procfs::own_cpu_seconds();
     let mut collected = Vec::new();
@@ -87,6 +93,14 @@ pub fn run(
     let server_cpu_secs =
         procfs::cpu_seconds(server.pid).zip(server_cpu_start).map(|(end, start)| end - start);
     let loadgen_cpu_secs = procfs::own_cpu_seconds() - own_cpu_start;
+    let load_secs = load_end.duration_since(load_start).as_secs_f64();
+    let other_cpu_share = match (procfs::machine_busy_seconds().zip(machine_start), server_cpu_secs) {
+        (Some((end, start)), Some(server)) => {
+            Some(((end - start) - server - loadgen_cpu_secs).max(0.0) / load_secs)
+        }
+        _ => None,
+    };
+    let load_average = (load_average_before, procfs::load_average());
 
     let stragglers = wind_down(&mut soak)?;
     let drained = drain(&mut soak)?;
@@ -120,6 +134,8 @@ pub fn run(
         rss_end_kib,
         server_cpu_secs,
         loadgen_cpu_secs,
+        other_cpu_share,
+        load_average,
         probe_minutes,
         server_exit,
         server_panicked: server.panicked(),
@@ -135,7 +151,7 @@ fn connect(soak: &mut Soak) -> Result<usize, String> {
     let churners = args.churn_rate * (args.churn_min_life + args.churn_max_life) / 2.0;
     // What churn and the bad actors hold at once, on average, and a little more: members take the
     // rest, and an arrival that would pass `--connections` waits (and is counted as deferred).
-    let reserve = args.slowloris + 40 + (churners * 1.05).ceil() as usize + 10;
+    let reserve = args.slowloris + 10 + churners.ceil() as usize;
     let fixed = args.big_room + 5;
     let members = args.connections.saturating_sub(reserve);
     if members < fixed + args.room_size {

@@ -204,6 +204,8 @@ impl Report {
             "rss_kib": {"start": rss_start, "end": run.rss_end_kib, "per_minute": rss_minutes, "flatness": flat},
             "server_cpu": {"secs": run.server_cpu_secs, "share": server_share, "per_minute_share": cpu_shares},
             "loadgen_cpu_share": run.loadgen_cpu_secs / load_secs,
+            "machine": {"other_cpu_share": run.other_cpu_share, "load_average_before": run.load_average.0,
+                        "load_average_after": run.load_average.1},
             "probe_ms": {"ack": probe_ack, "echo": probe_echo, "echo_per_minute": run.probe_minutes},
             "latency_ms": {"ack": Summary::from_micros(&world.ack_latency),
                            "delivery": Summary::from_micros(&world.delivery_latency)},
@@ -256,7 +258,13 @@ impl Report {
                 probe_echo.max,
                 probe_echo.count
             ),
-            format!("  loadgen CPU: {:.1}% of a core", run.loadgen_cpu_secs / load_secs * 100.0),
+            format!(
+                "  loadgen CPU: {:.1}% of a core; everything else: {}; load average before {}, after {}",
+                run.loadgen_cpu_secs / load_secs * 100.0,
+                run.other_cpu_share.map_or("?".to_owned(), |s| format!("{:.0}% of a core", s * 100.0)),
+                run.load_average.0.as_deref().unwrap_or("?"),
+                run.load_average.1.as_deref().unwrap_or("?")
+            ),
         ];
         for check in &checks {
             summary.push(format!(
@@ -275,6 +283,30 @@ impl Report {
                 .collect(),
             load_minutes: load_secs / 60.0,
             tolerance_mib: (flat.mid_kib + flat.tolerance_kib) as f64 / 1024.0,
+            caption: vec![
+                format!(
+                    "{} cores, kernel {}; the server and the load generator share them (and with anything else running)",
+                    std::thread::available_parallelism().map_or(0, usize::from),
+                    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+                ),
+                format!(
+                    "{} sockets at most ({} members, {} churners a second, {} slowloris, stopped readers, flooders, \
+                     bad frames); --ping-interval {}",
+                    run.peak_sockets, run.members, args.churn_rate, args.slowloris, args.ping_interval
+                ),
+                format!(
+                    "RSS {} KiB at the start, {} KiB at the half-way mark, {} KiB at the end; server CPU {}; {} \
+                     deliveries, {} lost; load average {} before, {} after",
+                    rss_start.unwrap_or(0),
+                    flat.mid_kib,
+                    run.rss_end_kib.unwrap_or(0),
+                    server_share.map_or("?".to_owned(), |s| format!("{:.0}% of a core", s * 100.0)),
+                    tally.delivered,
+                    tally.lost,
+                    run.load_average.0.as_deref().unwrap_or("?"),
+                    run.load_average.1.as_deref().unwrap_or("?"),
+                ),
+            ],
         };
         Report { json, checks, summary, plot }
     }
@@ -296,7 +328,10 @@ impl Report {
         for line in &self.summary {
             eprintln!("{line}");
         }
-        let title = format!("Soak: server RSS and sockets over {:.0} minutes", self.plot.load_minutes);
+        let minutes = self.plot.load_minutes;
+        let length =
+            if minutes >= 2.0 { format!("{minutes:.0} minutes") } else { format!("{:.0} s", minutes * 60.0) };
+        let title = format!("Soak: server RSS and sockets held over {length} of load");
         let default_svg = format!("{}/soak-rss.svg", args.out_dir);
         for svg in std::iter::once(&default_svg).chain(args.svg.as_ref()) {
             rss_svg(svg, &self.plot, &title)?;
