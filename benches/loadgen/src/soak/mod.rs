@@ -47,6 +47,11 @@ pub struct SoakArgs {
     /// the bad actors do not. 19,900 fits the server's 20,000-file limit with room for its own.
     #[arg(long, default_value_t = 19_900)]
     pub connections: usize,
+    /// Seconds a socket dropped without a close handshake (a reset, half a frame) still counts
+    /// against `--connections`: until the server reads its end it holds the descriptor, and a
+    /// server that falls behind (another build taking the cores) would otherwise run out of them.
+    #[arg(long, default_value_t = 1.0)]
+    pub close_grace: f64,
     /// Members of the one big room.
     #[arg(long, default_value_t = 1000)]
     pub big_room: usize,

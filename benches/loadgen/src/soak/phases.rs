@@ -38,6 +38,7 @@ pub struct Run {
     pub load_start_secs: f64,
     pub load_end_secs: f64,
     pub peak_sockets: usize,
+    pub peak_held_sockets: usize,
     pub churn: Churn,
     pub drained: bool,
     pub stragglers: usize,
@@ -52,9 +53,13 @@ pub struct Run {
     /// `/proc/loadavg` before and after the load.
     pub load_average: (Option<String>, Option<String>),
     pub probe_minutes: Vec<Summary>,
+    /// The server's loop iterations during the load, cumulative by bound (`/metrics`).
+    pub loop_iterations: Vec<(f64, u64)>,
     pub server_exit: Option<i32>,
     pub server_panicked: bool,
     pub server_warnings: u64,
+    /// Log lines saying the server ran out of descriptors (`accept` failing with EMFILE).
+    pub server_out_of_descriptors: u64,
     pub server_log: String,
 }
 
@@ -82,6 +87,7 @@ pub fn run(
         );
     }
 
+    let iterations_before = server::loop_iterations(server.addr);
     let load_start = Instant::now();
     let load_average_before = procfs::load_average();
     let machine_start = procfs::machine_busy_seconds();
@@ -101,6 +107,14 @@ pub fn run(
         _ => None,
     };
     let load_average = (load_average_before, procfs::load_average());
+    let iterations_after = server::loop_iterations(server.addr);
+    let loop_iterations = iterations_after
+        .iter()
+        .map(|&(bound, after)| {
+            let before = iterations_before.iter().find(|b| b.0 == bound).map_or(0, |b| b.1);
+            (bound, after.saturating_sub(before))
+        })
+        .collect();
 
     let stragglers = wind_down(&mut soak)?;
     let drained = drain(&mut soak)?;
@@ -125,6 +139,7 @@ pub fn run(
         load_start_secs: load_start.duration_since(start).as_secs_f64(),
         load_end_secs: load_end.duration_since(start).as_secs_f64(),
         peak_sockets: soak.peak,
+        peak_held_sockets: soak.peak_held,
         churn: soak.churn,
         drained,
         stragglers,
@@ -137,9 +152,11 @@ pub fn run(
         other_cpu_share,
         load_average,
         probe_minutes,
+        loop_iterations,
         server_exit,
         server_panicked: server.panicked(),
         server_warnings: server.warnings(),
+        server_out_of_descriptors: server.out_of_descriptors(),
         server_log: server.log_path().to_owned(),
     })
 }
@@ -151,7 +168,8 @@ fn connect(soak: &mut Soak) -> Result<usize, String> {
     let churners = args.churn_rate * (args.churn_min_life + args.churn_max_life) / 2.0;
     // What churn and the bad actors hold at once, on average, and a little more: members take the
     // rest, and an arrival that would pass `--connections` waits (and is counted as deferred).
-    let reserve = args.slowloris + 10 + churners.ceil() as usize;
+    let abrupt = args.churn_rate * 0.75 * args.close_grace;
+    let reserve = args.slowloris + 10 + (churners + abrupt).ceil() as usize;
     let fixed = args.big_room + 5;
     let members = args.connections.saturating_sub(reserve);
     if members < fixed + args.room_size {

@@ -24,6 +24,8 @@ pub struct Server {
     warnings: Arc<AtomicU64>,
     /// Whether the log said "panicked".
     panicked: Arc<AtomicBool>,
+    /// Log lines saying it ran out of descriptors.
+    out_of_descriptors: Arc<AtomicU64>,
     /// The first lines of the log that were warnings, for the report.
     log_path: String,
 }
@@ -43,7 +45,8 @@ impl Server {
         let warnings = Arc::new(AtomicU64::new(0));
         let panicked = Arc::new(AtomicBool::new(false));
         let (listening, address) = mpsc::channel();
-        let (count, panic) = (warnings.clone(), panicked.clone());
+        let out_of_descriptors = Arc::new(AtomicU64::new(0));
+        let (count, panic, emfile) = (warnings.clone(), panicked.clone(), out_of_descriptors.clone());
         // Reads the log for as long as the server runs, so it never blocks on a full pipe.
         thread::spawn(move || {
             let mut listening = Some(listening);
@@ -55,6 +58,9 @@ impl Server {
                 }
                 if line.contains(" WARN ") || line.contains(" ERROR ") {
                     count.fetch_add(1, Ordering::Relaxed);
+                }
+                if line.contains("Too many open files") {
+                    emfile.fetch_add(1, Ordering::Relaxed);
                 }
                 if line.contains("panicked") {
                     panic.store(true, Ordering::Relaxed);
@@ -70,11 +76,15 @@ impl Server {
                 return Err(format!("{binary} did not say where it listens within 20 s (log: {log_path})"));
             }
         };
-        Ok(Server { child, addr, pid, warnings, panicked, log_path: log_path.to_owned() })
+        Ok(Server { child, addr, pid, warnings, panicked, out_of_descriptors, log_path: log_path.to_owned() })
     }
 
     pub fn warnings(&self) -> u64 {
         self.warnings.load(Ordering::Relaxed)
+    }
+
+    pub fn out_of_descriptors(&self) -> u64 {
+        self.out_of_descriptors.load(Ordering::Relaxed)
     }
 
     pub fn panicked(&self) -> bool {
@@ -112,18 +122,36 @@ impl Drop for Server {
     }
 }
 
-/// `GET /stats` over a fresh connection (which is itself one of the slots it counts).
-pub fn stats(addr: SocketAddr) -> Result<Value, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|error| format!("/stats: {error}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|error| error.to_string())?;
-    stream
-        .write_all(b"GET /stats HTTP/1.1\r\nHost: soak\r\n\r\n")
-        .map_err(|error| format!("/stats: {error}"))?;
+/// The body of `GET path` over a fresh connection (which is itself one of the slots `/stats`
+/// counts).
+fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let fail = |error: std::io::Error| format!("{path}: {error}");
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(fail)?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: soak\r\n\r\n").as_bytes()).map_err(fail)?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|error| format!("/stats: {error}"))?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    serde_json::from_str(body).map_err(|error| format!("/stats is not JSON ({error}): {response}"))
+    stream.read_to_string(&mut response).map_err(fail)?;
+    Ok(response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned())
+}
+
+/// `GET /stats`.
+pub fn stats(addr: SocketAddr) -> Result<Value, String> {
+    let body = get(addr, "/stats")?;
+    serde_json::from_str(&body).map_err(|error| format!("/stats is not JSON ({error}): {body}"))
+}
+
+/// The loop's iteration times from `/metrics`: (bucket bound in seconds, iterations at most that
+/// long), cumulative, `+Inf` last.
+pub fn loop_iterations(addr: SocketAddr) -> Vec<(f64, u64)> {
+    let Ok(text) = get(addr, "/metrics") else { return Vec::new() };
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("wschat_loop_iteration_seconds_bucket{le=\"")?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// One look at the server.

@@ -90,6 +90,13 @@ impl Report {
         let errors: u64 = world.healthy_errors.values().sum();
         let unanswered: u64 = world.clean_closes_unanswered.values().sum();
         let stopped_cut = world.bad.get(&Kind::StoppedReader).map_or(0, |tally| tally.cut_as_expected);
+        let iterations = run.loop_iterations.last().map_or(0, |last| last.1);
+        let longer_than = |secs: f64| {
+            iterations
+                - run.loop_iterations.iter().find(|b| (b.0 - secs).abs() < 1e-9).map_or(iterations, |b| b.1)
+        };
+        let slow_iterations = json!({"total": iterations, "over_10ms": longer_than(0.01),
+                                     "over_50ms": longer_than(0.05), "over_100ms": longer_than(0.1)});
         let peak_slab = run.samples.iter().filter_map(|s| s.slab_slots).max();
         let peak_connections = run.samples.iter().filter_map(|s| s.connections).max();
 
@@ -170,6 +177,17 @@ impl Report {
             slots(&run.closed),
         ));
         checks.push(check(
+            "the server never ran out of descriptors (the soak kept within its limit)",
+            run.server_out_of_descriptors == 0,
+            format!(
+                "{} log lines of EMFILE; at most {} sockets open and {} open or recently dropped here, {} slots there",
+                run.server_out_of_descriptors,
+                run.peak_sockets,
+                run.peak_held_sockets,
+                peak_slab.map_or("?".to_owned(), |v| v.to_string())
+            ),
+        ));
+        checks.push(check(
             "the server ran throughout, exited 0 on SIGTERM and never panicked",
             run.server_exit == Some(0) && !run.server_panicked,
             format!("exit {:?}, panicked {}", run.server_exit, run.server_panicked),
@@ -184,7 +202,7 @@ impl Report {
             "scenario": "soak",
             "passed": passed,
             "params": {
-                "duration_secs": args.duration, "connections": args.connections, "big_room": args.big_room,
+                "duration_secs": args.duration, "connections": args.connections, "close_grace_secs": args.close_grace, "big_room": args.big_room,
                 "room_size": args.room_size, "small_rate": args.small_rate, "big_rate": args.big_rate,
                 "churn_rate": args.churn_rate, "churn_life_secs": [args.churn_min_life, args.churn_max_life],
                 "slowloris": args.slowloris, "stopped_every_secs": args.stopped_every,
@@ -193,7 +211,7 @@ impl Report {
                 "firehose_bytes": args.firehose_bytes, "server_flags": args.server_flags(),
             },
             "members": run.members, "small_rooms": run.small_rooms, "connect_secs": run.connect_secs,
-            "load_secs": load_secs, "peak_sockets": run.peak_sockets,
+            "load_secs": load_secs, "peak_sockets": run.peak_sockets, "peak_held_sockets": run.peak_held_sockets,
             "peak_server_slab_slots": peak_slab, "peak_server_connections": peak_connections,
             "churn": run.churn, "deliveries": tally, "ack_disorder": world.ack_disorder,
             "foreign_messages": world.foreign, "drained": run.drained, "stragglers": run.stragglers,
@@ -207,10 +225,13 @@ impl Report {
             "machine": {"other_cpu_share": run.other_cpu_share, "load_average_before": run.load_average.0,
                         "load_average_after": run.load_average.1},
             "probe_ms": {"ack": probe_ack, "echo": probe_echo, "echo_per_minute": run.probe_minutes},
+            "server_loop_iterations": slow_iterations,
+            "churner_welcome_ms": Summary::from_micros(&world.welcome_latency),
             "latency_ms": {"ack": Summary::from_micros(&world.ack_latency),
                            "delivery": Summary::from_micros(&world.delivery_latency)},
             "end_live": run.live, "end_closed": run.closed,
             "server": {"exit": run.server_exit, "panicked": run.server_panicked,
+                       "out_of_descriptors": run.server_out_of_descriptors,
                        "warnings": run.server_warnings, "log": run.server_log},
             "samples": run.samples,
             "checks": checks,
@@ -257,6 +278,18 @@ impl Report {
                 probe_echo.p99,
                 probe_echo.max,
                 probe_echo.count
+            ),
+            format!(
+                "  churners' connect to welcome: p50 {:.2} / p99 {:.2} / max {:.2} ms",
+                Summary::from_micros(&world.welcome_latency).p50,
+                Summary::from_micros(&world.welcome_latency).p99,
+                Summary::from_micros(&world.welcome_latency).max
+            ),
+            format!(
+                "  server loop: {iterations} iterations, {} over 10 ms, {} over 50 ms, {} over 100 ms",
+                longer_than(0.01),
+                longer_than(0.05),
+                longer_than(0.1)
             ),
             format!(
                 "  loadgen CPU: {:.1}% of a core; everything else: {}; load average before {}, after {}",

@@ -82,6 +82,8 @@ pub struct World {
     pub ack_latency: Histogram<u64>,
     pub delivery_latency: Histogram<u64>,
     pub probe_ack: Histogram<u64>,
+    /// Churners' connect to welcome.
+    pub welcome_latency: Histogram<u64>,
     pub probe_echo: Histogram<u64>,
     /// The probe's echoes in the current minute (for the per-minute table).
     pub probe_minute: Histogram<u64>,
@@ -116,6 +118,7 @@ impl World {
             ack_latency: histogram(),
             delivery_latency: histogram(),
             probe_ack: histogram(),
+            welcome_latency: histogram(),
             probe_echo: histogram(),
             probe_minute: histogram(),
             ended: Vec::new(),
@@ -292,11 +295,15 @@ impl Handler for World {
                 let (Some(room), Some(seq)) = (event.room, event.seq) else { return };
                 let room = self.rooms.id(&room);
                 self.rooms.entered(room, event.epoch.as_deref().unwrap_or(""), seq);
-                let Some(client) = self.get_mut(key) else { return };
+                let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else { return };
                 client.stream.enter(room, seq);
                 if event.kind == "welcome" && !client.welcomed {
                     client.welcomed = true;
                     self.welcomed_now.push(key);
+                    if client.role == Role::Churner {
+                        self.welcome_latency
+                            .saturating_record(now_us.saturating_sub(client.opened_us).max(1));
+                    }
                 }
             }
             "message" => {
