@@ -41,6 +41,12 @@ pub fn machine_busy_seconds() -> Option<f64> {
     Some(busy as f64 / clock_ticks())
 }
 
+/// The first three fields of `/proc/loadavg`: the 1, 5 and 15 minute load averages.
+pub fn load_average() -> Option<String> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    Some(text.split_ascii_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
 /// This process's user + system CPU seconds.
 pub fn own_cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct it is given.
@@ -65,5 +71,6 @@ mod tests {
         assert!(cpu_seconds(pid).is_some());
         assert!(rss_kib(pid).unwrap() > 100);
         assert!(own_cpu_seconds() > 0.0);
+        assert_eq!(load_average().unwrap().split(' ').count(), 3);
     }
 }
