@@ -83,6 +83,42 @@ fn stats_count_connections_rooms_and_traffic() {
     assert!(stats["uptime_seconds"].is_u64());
 }
 
+/// The slab and the timer wheel hold exactly what is alive: one slot and one deadline per socket,
+/// plus the chat's own wake-up, and nothing once the sockets are gone (what the soak checks).
+#[test]
+fn stats_count_slab_slots_and_timer_entries_and_both_shrink_back() {
+    use std::io::Write;
+    use std::time::Instant;
+
+    let server = Server::start(&[]);
+    let (_alice, _) = server.join("/?name=alice");
+    let (bob, _) = server.join("/?name=bob&room=other");
+    // A request head sent in part: a slot and a handshake deadline, but not a connection.
+    let mut half = TcpStream::connect(server.addr).unwrap();
+    half.write_all(b"GET /?name=slow HTTP/1.1\r\nHost: x\r\n").unwrap();
+
+    let stats = server.stats();
+    assert_eq!(stats["connections"], 2, "{stats}");
+    assert_eq!(stats["slab_slots"], 4, "two WebSockets, the half request, the request asking: {stats}");
+    assert_eq!(stats["handler_timers"], 0, "no room is kept empty yet: {stats}");
+    assert_eq!(stats["timer_entries"], 4, "{stats}");
+
+    drop(bob);
+    drop(half);
+    let give_up = Instant::now() + DEADLINE;
+    let stats = loop {
+        let stats = server.stats();
+        if stats["connections"] == 1 && stats["slab_slots"] == 2 {
+            break stats;
+        }
+        assert!(Instant::now() < give_up, "bob's and the half request's slots were not freed: {stats}");
+        std::thread::sleep(std::time::Duration::from_millis(10)); // Polling the counters; there is no event.
+    };
+    assert_eq!(stats["rooms_without_members"], 1, "bob's room is kept for --history-ttl: {stats}");
+    assert_eq!(stats["handler_timers"], 1, "the chat asked to be woken when it expires: {stats}");
+    assert_eq!(stats["timer_entries"], 3, "alice's, the asker's and the chat's: {stats}");
+}
+
 #[test]
 fn without_origin_flags_every_origin_is_accepted() {
     let server = Server::start(&[]);

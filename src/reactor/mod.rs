@@ -140,9 +140,15 @@ impl<H: Handler> Reactor<H> {
         &self.handler
     }
 
-    /// The counters as of now.
+    /// The counters as of now, with the sizes of the slab and the timer wheel.
     pub fn stats(&self) -> Stats {
-        stats::snapshot(&self.connections.stats, &self.connections.traffic, self.started, Instant::now())
+        let connections = &self.connections;
+        Stats {
+            slab_slots: connections.slab.len(),
+            timer_entries: connections.timers.len(),
+            handler_timers: usize::from(connections.handler_timer.is_some()),
+            ..stats::snapshot(&connections.stats, &connections.traffic, self.started, Instant::now())
+        }
     }
 
     /// Runs the loop until a graceful shutdown completes (`Ok`) or an unrecoverable error.

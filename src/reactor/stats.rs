@@ -11,8 +11,8 @@ use serde::Serialize;
 
 pub use super::histogram::Histogram;
 
-/// The reactor's counters since start-up. `/stats` serializes the fields up to `uptime_seconds`
-/// (its JSON has not changed since the first version); the rest are for `/metrics` only.
+/// The reactor's counters since start-up. `/stats` serializes the fields up to `handler_timers`;
+/// the rest are for `/metrics` only.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Stats {
     /// Open WebSocket connections (the handler has seen `on_open` and not yet `on_close`).
@@ -29,6 +29,13 @@ pub struct Stats {
     pub slow_consumers_dropped: u64,
     /// Seconds since the server started.
     pub uptime_seconds: u64,
+    /// Sockets held in the slab, in every phase (the request asking for `/stats` included). With
+    /// `timer_entries`, what a soak test compares with the live connections to find leaks.
+    pub slab_slots: usize,
+    /// Entries on the timer wheel: one deadline per slab slot, plus `handler_timers`.
+    pub timer_entries: usize,
+    /// The handler's own wake-up on the wheel (`Outbox::wake_at`): 0 or 1.
+    pub handler_timers: usize,
     /// When the server started, in Unix milliseconds.
     #[serde(skip)]
     pub start_time_unix_ms: u64,
@@ -135,9 +142,12 @@ mod tests {
             "bytes_in",
             "bytes_out",
             "connections",
+            "handler_timers",
             "messages_in",
             "messages_out",
+            "slab_slots",
             "slow_consumers_dropped",
+            "timer_entries",
             "uptime_seconds",
         ];
         assert_eq!(keys, expected);

@@ -10,6 +10,7 @@ mod procfs;
 mod proto;
 mod report;
 mod room;
+mod soak;
 mod stats;
 
 use std::process::ExitCode;
@@ -42,6 +43,9 @@ enum Command {
     Idle(IdleArgs),
     /// Aggregate the JSON lines of several runs: side-by-side table, results file, SVG plot.
     Report(report::ReportArgs),
+    /// Start wschat and hold it near its file limit for a long time under churn, chatter, a short
+    /// heartbeat and bad actors; check every delivery, every cut-off, memory and leaks.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Args, Clone)]
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
         }
         Command::Idle(args) => run_idle(&args, start),
         Command::Report(args) => report::run(&args),
+        Command::Soak(args) => soak::run(&args, start),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

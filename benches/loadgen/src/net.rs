@@ -2,9 +2,12 @@
 //! a non-blocking HTTP upgrade and a hand-rolled minimal WebSocket client codec (masked frames
 //! out; unmasked text, ping, pong, close and continuation frames in). A timerfd gives the
 //! open-loop schedule sub-millisecond wake-ups (epoll's own timeout is in whole milliseconds).
+//!
+//! The soak also misbehaves on purpose through it: raw bytes (half a request, half a frame, a
+//! frame no client may send), a socket that stops reading, a reset instead of a close.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -12,6 +15,7 @@ use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 const TIMER: Token = Token(usize::MAX - 1);
 /// One read takes at most this much; a read that returns less has drained the socket.
@@ -92,6 +96,17 @@ struct Conn {
     mask: [u8; 4],
     /// The message being reassembled from fragments, if any.
     fragments: Option<Vec<u8>>,
+    /// Reading has stopped, as in a stopped process: only a reset or a hang-up is noticed.
+    paused: bool,
+    /// We sent a close frame: the server's close frame is its reply and gets none.
+    close_sent: bool,
+}
+
+/// How to open a socket: from which loopback address, with what receive buffer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// SO_RCVBUF, for a client that should fill up soon once it stops reading.
+    pub receive_buffer: Option<usize>,
 }
 
 pub struct Engine {
@@ -108,6 +123,10 @@ pub struct Engine {
     /// Counters: `read` calls that returned data, and `poll` calls.
     pub reads: u64,
     pub polls: u64,
+    /// Loopback source addresses to spread connections over (127.0.0.1 up to 127.0.0.N), so that
+    /// churn never runs out of ephemeral ports; 0 or 1 lets the kernel pick as usual.
+    sources: u8,
+    next_source: u8,
 }
 
 impl Engine {
@@ -135,7 +154,16 @@ impl Engine {
             upgraded: 0,
             reads: 0,
             polls: 0,
+            sources: 0,
+            next_source: 0,
         })
+    }
+
+    /// Spreads new connections over `count` loopback source addresses, 127.0.0.1 and up. Each has
+    /// its own range of ephemeral ports: 20,000 connections plus a churn of hundreds a second
+    /// (whose closes leave ports in TIME_WAIT for a minute) would use up the one range of one.
+    pub fn spread_sources(&mut self, count: u8) {
+        self.sources = count;
     }
 
     pub fn micros(&self, at: Instant) -> u64 {
@@ -154,17 +182,27 @@ impl Engine {
     /// key; failures are reported later through `Handler::on_closed`, or here if `connect` itself
     /// fails at once.
     pub fn connect(&mut self, request_target: &str) -> io::Result<usize> {
-        let mut stream = TcpStream::connect(self.target.addr)?;
-        stream.set_nodelay(true)?;
+        let request = self.upgrade_request(request_target);
+        self.open(request.into_bytes(), Options::default())
+    }
+
+    /// The HTTP upgrade request for `request_target`, with a fresh key.
+    pub fn upgrade_request(&mut self, request_target: &str) -> String {
         let mut key_bytes = [0u8; 16];
         key_bytes[..8].copy_from_slice(&self.next_random().to_le_bytes());
         key_bytes[8..].copy_from_slice(&self.next_random().to_le_bytes());
-        let request = format!(
+        format!(
             "GET {request_target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
             self.target.host,
             base64(&key_bytes)
-        );
+        )
+    }
+
+    /// Starts a connection that sends `first` (an upgrade request, or part of one) and then waits
+    /// for a 101, like `connect`.
+    pub fn open(&mut self, first: Vec<u8>, options: Options) -> io::Result<usize> {
+        let mut stream = self.new_stream(options)?;
         let mask = (self.next_random() as u32).to_le_bytes();
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -173,14 +211,54 @@ impl Engine {
             stream,
             phase: Phase::Upgrading,
             rbuf: Vec::new(),
-            wbuf: request.into_bytes(),
+            wbuf: first,
             wpos: 0,
             mask,
             fragments: None,
+            paused: false,
+            close_sent: false,
         });
         // The connect is usually complete at once on loopback; if not, the write waits for
         // WRITABLE.
         Ok(key)
+    }
+
+    fn new_stream(&mut self, options: Options) -> io::Result<TcpStream> {
+        if self.sources <= 1 && options.receive_buffer.is_none() {
+            let stream = TcpStream::connect(self.target.addr)?;
+            stream.set_nodelay(true)?;
+            return Ok(stream);
+        }
+        let socket = Socket::new(Domain::for_address(self.target.addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        socket.set_tcp_nodelay(true)?;
+        if let Some(bytes) = options.receive_buffer {
+            socket.set_recv_buffer_size(bytes)?;
+        }
+        if self.sources > 1 && self.target.addr.is_ipv4() {
+            // IP_BIND_ADDRESS_NO_PORT: the port is picked at connect, where the kernel checks the
+            // whole address pair, rather than at bind, where it would keep ports to itself.
+            let on: libc::c_int = 1;
+            // SAFETY: a valid socket and an int-sized option value.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&socket),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            self.next_source = self.next_source % self.sources + 1;
+            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, self.next_source));
+            socket.bind(&SocketAddr::new(source, 0).into())?;
+        }
+        match socket.connect(&self.target.addr.into()) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(error) => return Err(error),
+        }
+        Ok(TcpStream::from_std(socket.into()))
     }
 
     /// Queues a masked text frame; call `flush` (or let the loop do it on WRITABLE) to send.
@@ -191,6 +269,55 @@ impl Engine {
             let mask = conn.mask;
             push_frame(&mut conn.wbuf, 0x1, payload, mask);
         }
+    }
+
+    /// Queues bytes as they are, in any phase: half a request head, half a frame, a frame no
+    /// client may send. Call `flush` to send.
+    pub fn queue_raw(&mut self, key: usize, bytes: &[u8]) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && conn.phase != Phase::Closed
+        {
+            conn.wbuf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Starts the close handshake: a close frame with `code`; the server's close frame that
+    /// answers it ends the connection (`Handler::on_closed` says "server sent close ...").
+    pub fn close(&mut self, key: usize, code: u16, handler: &mut impl Handler) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && conn.phase == Phase::Open
+        {
+            let mask = conn.mask;
+            push_frame(&mut conn.wbuf, 0x8, &code.to_be_bytes(), mask);
+            conn.close_sent = true;
+        }
+        self.flush(key, handler);
+    }
+
+    /// Stops reading from the connection, as a stopped process would: its receive buffer fills,
+    /// then the server's send buffer. Only a reset or a hang-up is still noticed.
+    pub fn pause(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.paused = true;
+        }
+    }
+
+    /// Forgets the connection and closes its socket: with a reset (`SO_LINGER` 0, an abortive
+    /// close) if `reset`, else with a plain FIN. No `Handler::on_closed` follows.
+    pub fn remove(&mut self, key: usize, reset: bool) {
+        let Some(mut conn) = self.conns.try_remove(key) else { return };
+        if conn.phase == Phase::Open {
+            self.upgraded -= 1;
+        }
+        if reset {
+            let _ = SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+        }
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+    }
+
+    /// Connections in the slab, open or not yet removed.
+    pub fn len(&self) -> usize {
+        self.conns.len()
     }
 
     /// Writes what is queued for `key` as far as the socket takes it.
@@ -234,18 +361,15 @@ impl Engine {
         }
         let mut timer_fired = false;
         // Collected first: handling an event may touch other connections.
-        let ready: Vec<(Token, bool, bool)> = self
+        let ready: Vec<(Token, bool, bool, bool)> = self
             .events
             .iter()
             .map(|event| {
-                (
-                    event.token(),
-                    event.is_readable() || event.is_read_closed() || event.is_error(),
-                    event.is_writable(),
-                )
+                let broken = event.is_read_closed() || event.is_error();
+                (event.token(), event.is_readable() || broken, event.is_writable(), broken)
             })
             .collect();
-        for (token, readable, writable) in ready {
+        for (token, readable, writable, broken) in ready {
             if token == TIMER {
                 let mut ticks = [0u8; 8];
                 // SAFETY: reading 8 bytes into an 8-byte buffer from our timerfd.
@@ -254,6 +378,18 @@ impl Engine {
                 continue;
             }
             let key = token.0;
+            if let Some(conn) = self.conns.get_mut(key)
+                && conn.paused
+            {
+                if broken && conn.phase != Phase::Closed {
+                    let why = match conn.stream.take_error() {
+                        Ok(Some(error)) => format!("read: {error}"),
+                        _ => "server closed the TCP connection".to_owned(),
+                    };
+                    self.fail(key, &why, handler);
+                }
+                continue;
+            }
             if writable
                 && let Some(conn) = self.conns.get_mut(key)
                 && conn.phase != Phase::Closed
@@ -437,9 +573,11 @@ fn process(
                 let code =
                     if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 };
                 let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into_owned();
-                let mask = conn.mask;
-                push_frame(&mut conn.wbuf, 0x8, &payload[..payload.len().min(2)], mask);
-                let _ = flush_conn(conn);
+                if !conn.close_sent {
+                    let mask = conn.mask;
+                    push_frame(&mut conn.wbuf, 0x8, &payload[..payload.len().min(2)], mask);
+                    let _ = flush_conn(conn);
+                }
                 conn.phase = Phase::Closed;
                 let _ = conn.stream.shutdown(std::net::Shutdown::Both);
                 handler.on_closed(key, &format!("server sent close {code} {reason}"));
@@ -473,8 +611,13 @@ fn flush_conn(conn: &mut Conn) -> io::Result<()> {
     Ok(())
 }
 
+/// The close code in an `on_closed` reason that reports the server's close frame.
+pub fn close_code(why: &str) -> Option<u16> {
+    why.strip_prefix("server sent close ")?.split(' ').next()?.parse().ok()
+}
+
 /// Appends one masked client frame.
-fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+pub fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
     out.push(0x80 | opcode);
     let len = payload.len();
     if len < 126 {
@@ -528,6 +671,13 @@ mod tests {
         let mut out = Vec::new();
         push_frame(&mut out, 1, b"hi", [1, 2, 3, 4]);
         assert_eq!(out, vec![0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+    }
+
+    #[test]
+    fn close_codes_are_read_back_from_the_reason() {
+        assert_eq!(close_code("server sent close 1009 message too big"), Some(1009));
+        assert_eq!(close_code("server sent close 1000 "), Some(1000));
+        assert_eq!(close_code("read: Connection reset by peer (os error 104)"), None);
     }
 
     #[test]

@@ -106,3 +106,82 @@ pub fn ramp_svg(
     root.present().map_err(|e| fail(&e))?;
     Ok(())
 }
+
+/// The soak's picture: the server's resident memory and the sockets it holds, minute by minute,
+/// with the load's window and the flatness bound over its last half.
+pub struct RssPlot {
+    /// (minutes since the load began, MiB); negative while the members connect.
+    pub rss_mib: Vec<(f64, f64)>,
+    /// (minutes, slab slots from `/stats`).
+    pub sockets: Vec<(f64, f64)>,
+    pub load_minutes: f64,
+    /// The most RSS the last half of the load may reach and still count as flat.
+    pub tolerance_mib: f64,
+}
+
+pub fn rss_svg(path: &str, plot: &RssPlot, title: &str) -> Result<(), String> {
+    let fail = |error: &dyn std::fmt::Display| format!("cannot draw {path}: {error}");
+    if plot.rss_mib.is_empty() {
+        return Err(format!("cannot draw {path}: no samples"));
+    }
+    let x_min = plot.rss_mib.iter().map(|p| p.0).fold(0.0, f64::min);
+    let x_max = plot.rss_mib.iter().map(|p| p.0).fold(plot.load_minutes, f64::max) + 0.2;
+    let y_max = plot.rss_mib.iter().map(|p| p.1).fold(plot.tolerance_mib, f64::max) * 1.15;
+    let sockets_max = plot.sockets.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
+    let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .right_y_label_area_size(70)
+        .build_cartesian_2d(x_min..x_max, 0.0..y_max)
+        .map_err(|e| fail(&e))?
+        .set_secondary_coord(x_min..x_max, 0.0..sockets_max);
+    chart
+        .configure_mesh()
+        .x_desc("minutes since the load began (before 0: connecting the members)")
+        .y_desc("server RSS, MiB")
+        .draw()
+        .map_err(|e| fail(&e))?;
+    chart.configure_secondary_axes().y_desc("sockets held (slab slots)").draw().map_err(|e| fail(&e))?;
+    let blue = COLORS[0];
+    let orange = COLORS[1];
+    chart
+        .draw_series(LineSeries::new(plot.rss_mib.iter().copied(), blue.stroke_width(2)))
+        .map_err(|e| fail(&e))?
+        .label("server RSS (left)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
+    chart
+        .draw_series(plot.rss_mib.iter().map(|&point| Circle::new(point, 2, blue.filled())))
+        .map_err(|e| fail(&e))?;
+    let half = plot.load_minutes / 2.0;
+    chart
+        .draw_series(LineSeries::new(
+            vec![(half, plot.tolerance_mib), (plot.load_minutes, plot.tolerance_mib)],
+            RED,
+        ))
+        .map_err(|e| fail(&e))?
+        .label("flat bound over the last half")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    for at in [0.0, half, plot.load_minutes] {
+        chart
+            .draw_series(LineSeries::new(vec![(at, 0.0), (at, y_max)], BLACK.mix(0.3)))
+            .map_err(|e| fail(&e))?;
+    }
+    chart
+        .draw_secondary_series(LineSeries::new(plot.sockets.iter().copied(), orange.stroke_width(1)))
+        .map_err(|e| fail(&e))?
+        .label("sockets held (right)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(1)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| fail(&e))?;
+    root.present().map_err(|e| fail(&e))?;
+    Ok(())
+}
