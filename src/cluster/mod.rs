@@ -381,9 +381,9 @@ impl Cluster {
     }
 
     /// The room a channel is for, if it is a room's.
-    fn room_of_channel(&self, channel: &[u8]) -> Option<String> {
+    fn room_of_channel<'c>(&self, channel: &'c [u8]) -> Option<&'c str> {
         let room = channel.strip_prefix(self.room_channel_prefix.as_slice())?;
-        std::str::from_utf8(room).ok().map(str::to_owned)
+        std::str::from_utf8(room).ok()
     }
 
     fn on_subscribed(&mut self, channel: &[u8]) {
@@ -392,7 +392,7 @@ impl Cluster {
             self.subscriber_down_since = None;
             return;
         }
-        let Some(room) = self.room_of_channel(channel) else { return };
+        let Some(room) = self.room_of_channel(channel).map(str::to_owned) else { return };
         if let Some(replica) = self.rooms.get_mut(&room) {
             // Whatever the replica knew may predate the subscription: it starts over from a
             // state read after it.
@@ -443,7 +443,6 @@ impl Cluster {
             };
         }
         let Some(room) = self.room_of_channel(channel) else { return };
-        let room = room.as_str();
         let Some(envelope) = room_envelope(payload) else {
             return warn!("cluster: unreadable message on the channel of room {room}");
         };
@@ -1028,7 +1027,9 @@ impl Cluster {
         self.process(out);
     }
 
-    /// Asks the reactor to wake the cluster at its next deadline.
+    /// Asks the reactor to wake the cluster at its next deadline, unless it already will by then.
+    /// (Most deadlines only move later, as replies come: a wake-up that finds nothing due is
+    /// harmless, and re-arming the timer for every command would not be.)
     fn schedule<O: Outbox>(&mut self, out: &mut O) {
         let beat = (self.available() && !self.stopping).then_some(self.next_beat_at);
         let probe = self.probe.map(|(_, sent)| sent + REPLY_TIMEOUT_MS);
@@ -1040,7 +1041,7 @@ impl Cluster {
             .flatten()
             .min();
         if let Some(next) = next
-            && self.wake_at != Some(next)
+            && self.wake_at.is_none_or(|at| next < at)
         {
             self.wake_at = Some(next);
             out.wake_at(next);

@@ -142,7 +142,7 @@ impl Replica {
         match envelope.event {
             RoomEvent::Message { from, seq, event } => {
                 self.seq = seq;
-                self.broadcast(Some(from), &Frame::text(&event), out);
+                self.broadcast(Some(from), &event, out);
             }
             RoomEvent::Joined { order, user: User { id, name } } => {
                 let frame = Event::Joined { room, user: UserView { id, name: &name } }.to_frame();

@@ -20,7 +20,7 @@ fn envelope(ev: u64, event: RoomEvent) -> RoomEnvelope {
 }
 
 fn said(ev: u64, seq: u64, from: u64) -> RoomEnvelope {
-    envelope(ev, RoomEvent::Message { from, seq, event: message(seq, from) })
+    envelope(ev, RoomEvent::Message { from, seq, event: Frame::text(&message(seq, from)) })
 }
 
 fn roster(users: &[(u64, &str)]) -> Roster {

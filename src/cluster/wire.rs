@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 
 use super::replica::Roster;
 use super::resp::{Reply, integer, text};
+use crate::frame::Frame;
 
 /// A member as the envelopes name it.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,11 +47,11 @@ pub struct RoomEnvelope {
 
 #[derive(Debug)]
 pub enum RoomEvent {
-    /// A chat message; `event` is the `message` event as members receive it.
+    /// A chat message; `event` is the `message` event as members receive it, framed once.
     Message {
         from: u64,
         seq: u64,
-        event: String,
+        event: Frame,
     },
     /// `order` counts the room's arrivals: member lists follow it.
     Joined {
@@ -79,9 +80,11 @@ pub enum NodeEnvelope {
 pub fn room_envelope(payload: &[u8]) -> Option<RoomEnvelope> {
     let fields: Fields = serde_json::from_slice(payload).ok()?;
     let event = match fields.kind.as_str() {
-        "message" => {
-            RoomEvent::Message { from: fields.from?, seq: fields.seq?, event: fields.event?.get().to_owned() }
-        }
+        "message" => RoomEvent::Message {
+            from: fields.from?,
+            seq: fields.seq?,
+            event: Frame::text(fields.event?.get()),
+        },
         "joined" => RoomEvent::Joined { order: fields.order?, user: fields.user? },
         "left" => RoomEvent::Left(fields.user?),
         "nick" => RoomEvent::Nick { id: fields.id?, old: fields.old?, name: fields.name? },
@@ -167,7 +170,7 @@ mod tests {
         let envelope = room_envelope(message).unwrap();
         assert_eq!(envelope.ev, 3);
         assert!(
-            matches!(envelope.event, RoomEvent::Message { from: 7, seq: 2, ref event } if event == r#"{"type":"message","seq":2}"#)
+            matches!(envelope.event, RoomEvent::Message { from: 7, seq: 2, ref event } if event.as_text() == Some(r#"{"type":"message","seq":2}"#))
         );
         let nick = br#"{"ev":4,"epoch":"abc","kind":"nick","id":7,"old":"a","name":"b"}"#;
         assert!(matches!(room_envelope(nick).unwrap().event, RoomEvent::Nick { id: 7, .. }));

@@ -154,6 +154,9 @@ impl<H: Handler> Reactor<H> {
     /// Runs the loop until a graceful shutdown completes (`Ok`) or an unrecoverable error.
     pub fn run(&mut self) -> io::Result<()> {
         info!("listening on {}", self.local_addr()?);
+        // The handler may read the clock (through the outbox) as it attaches.
+        self.connections.now = Instant::now();
+        self.connections.unix_time_ms = unix_time_ms();
         self.handler.attach(self.poll.registry(), &mut self.connections)?;
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
