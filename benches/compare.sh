@@ -11,13 +11,18 @@
 # docs/bench-results.json (every run, raw) and docs/bench.svg (the fanout ramp).
 #
 # Servers: wschat with its defaults; wschat-eager, the same binary with --max-write-delay-ms 0
-# (writes at the end of every loop iteration, never paced; run in fanout-1000 only); tokio-ct
+# (writes at the end of every loop iteration, never paced; run in fanout-1000 only);
+# wschat-cluster, two wschat nodes sharing a redis-server (--redis), the fanout's receivers spread
+# over both and the publisher on the first, all three processes on the server's core, and
+# wschat-redis, one node through Redis with every member on it (what the Redis hop alone costs)
+# (the cluster runs in the fanout cases, wschat-redis in fanout-1000; both need redis-server; each node's CPU per delivery of its own
+# members, and Redis's CPU per message, are reported apart); tokio-ct
 # and tokio-mt, the tokio baseline on the current-thread and multi-thread runtimes; and, only
 # when asked for (SERVERS="... node-ws", about 2.5 more minutes), node-ws, the Node.js baseline
 # on the `ws` package (benches/node-ws; needs node and npm). Ratios compare wschat with the best
 # of the others.
 #
-# Environment: REPS (default 3), SERVERS (default "wschat wschat-eager tokio-ct tokio-mt"), QUICK=1 (short
+# Environment: REPS (default 3), SERVERS (default "wschat wschat-eager wschat-redis wschat-cluster tokio-ct tokio-mt"), QUICK=1 (short
 # windows, results under /tmp unless OUT_DIR is set), OUT_DIR (default docs/), SERVER_CPU (0),
 # LOADGEN_CPU (1), WSCHAT_FLAGS (extra wschat flags), TOKIO_FLAGS (extra tokio-chat flags),
 # QUIET_WAIT (seconds, over the whole run, that it may wait for other processes to go quiet
@@ -28,7 +33,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/benches/loadgen"
 REPS=${REPS:-3}
 QUICK=${QUICK:-0}
-SERVERS=${SERVERS:-"wschat wschat-eager tokio-ct tokio-mt"}
+SERVERS=${SERVERS:-"wschat wschat-eager wschat-redis wschat-cluster tokio-ct tokio-mt"}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 if [[ $QUICK == 1 ]]; then OUT_DIR=${OUT_DIR:-/tmp/wschat-bench-quick}; else OUT_DIR=${OUT_DIR:-$ROOT/docs}; fi
@@ -63,12 +68,68 @@ read -r -a extra_tokio <<<"${TOKIO_FLAGS:-}"
 # --- servers -----------------------------------------------------------------------------------
 SERVER_PID=""
 SERVER_ADDR=""
+# A cluster's other processes: the second node and Redis, and what the load generator is told of them.
+CLUSTER_PIDS=()
+cluster_args=()
+# Waits for "listening on ADDR" in a log; prints ADDR.
+listening_on() {
+    local logfile=$1 pid=$2 addr
+    for _ in $(seq 100); do
+        addr=$(grep -a -o 'listening on [0-9.]*:[0-9]*' "$logfile" | head -1 | cut -d' ' -f3 || true)
+        [[ -n $addr ]] && { echo "$addr"; return 0; }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    return 1
+}
+# $1 wschat nodes (1 or 2) sharing a fresh redis-server, all on the server's core; $2 names the logs.
+start_cluster() {
+    local nodes=$1 name=$2
+    local port prefix="bench-$$-$RANDOM" redis_log="$WORK/redis.log" b_log="$WORK/$2-b.log"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    taskset -c "$SERVER_CPU" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        >"$redis_log" 2>&1 &
+    local redis_pid=$!
+    for _ in $(seq 100); do
+        [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && break
+        sleep 0.05
+    done
+    local node_flags=(--redis "redis://127.0.0.1:$port/" --redis-prefix "$prefix")
+    : >"$WORK/$name.log"
+    taskset -c "$SERVER_CPU" "$WSCHAT" "${wschat_flags[@]}" "${node_flags[@]}" --node-id a "${extra_wschat[@]}" \
+        2>>"$WORK/$name.log" >/dev/null &
+    SERVER_PID=$!
+    CLUSTER_PIDS=("$redis_pid")
+    SERVER_ADDR=$(listening_on "$WORK/$name.log" "$SERVER_PID") || { log "$name node a did not start"; exit 1; }
+    local addrs=("$SERVER_ADDR")
+    cluster_args=(--cpu-pid "redis=$redis_pid")
+    if ((nodes == 2)); then
+        : >"$b_log"
+        taskset -c "$SERVER_CPU" "$WSCHAT" "${wschat_flags[@]}" "${node_flags[@]}" --node-id b "${extra_wschat[@]}" \
+            2>>"$b_log" >/dev/null &
+        local b_pid=$! b_addr
+        CLUSTER_PIDS+=("$b_pid")
+        b_addr=$(listening_on "$b_log" "$b_pid") || { log "$name node b did not start"; exit 1; }
+        addrs+=("$b_addr")
+        cluster_args+=(--also-url "ws://$b_addr/" --also-pid "$b_pid")
+    fi
+    # Ready once every node reaches Redis.
+    for addr in "${addrs[@]}"; do
+        for _ in $(seq 100); do
+            curl -fs "http://$addr/healthz" >/dev/null 2>&1 && break
+            sleep 0.05
+        done
+    done
+}
 start_server() {
     local name=$1 logfile="$WORK/$1.log"
     local cmd
+    cluster_args=()
     case $name in
         wschat) cmd=("$WSCHAT" "${wschat_flags[@]}" "${extra_wschat[@]}") ;;
         wschat-eager) cmd=("$WSCHAT" "${wschat_flags[@]}" --max-write-delay-ms 0 "${extra_wschat[@]}") ;;
+        wschat-redis) start_cluster 1 "$name"; return 0 ;;
+        wschat-cluster) start_cluster 2 "$name"; return 0 ;;
         tokio-ct) cmd=("$TOKIO_CHAT" --bind 127.0.0.1:0 --runtime current-thread --max-connections 15000 "${extra_tokio[@]}") ;;
         tokio-mt) cmd=("$TOKIO_CHAT" --bind 127.0.0.1:0 --runtime multi-thread --max-connections 15000 "${extra_tokio[@]}") ;;
         # node cannot raise its own open-files limit; the shell does, then becomes node (same pid).
@@ -79,20 +140,17 @@ start_server() {
     : >"$logfile"
     taskset -c "$SERVER_CPU" "${cmd[@]}" 2>>"$logfile" >/dev/null &
     SERVER_PID=$!
-    for _ in $(seq 100); do
-        SERVER_ADDR=$(grep -a -o 'listening on [0-9.]*:[0-9]*' "$logfile" | head -1 | cut -d' ' -f3 || true)
-        [[ -n $SERVER_ADDR ]] && return 0
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.05
-    done
+    SERVER_ADDR=$(listening_on "$logfile" "$SERVER_PID") && return 0
     log "$name did not start:"; cat "$logfile" >&2; exit 1
 }
 stop_server() {
-    if [[ -n $SERVER_PID ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
+    local pid
+    for pid in $SERVER_PID "${CLUSTER_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    SERVER_PID=""
+    CLUSTER_PIDS=()
 }
 trap 'stop_server; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
@@ -139,7 +197,15 @@ busy=$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 > 20 {printf "%s%s (%s%%)", sep
 
 # wschat-eager shows what write pacing buys where it matters most; elsewhere it would only
 # lengthen the run (at 60 msg/s no write is held back; the ramp's top steps are past the delay).
-runs_case() { [[ $1 != wschat-eager || $2 == fanout-1000 ]]; }
+# The cluster is measured in the fanout cases, beside the standalone server.
+runs_case() {
+    case $1 in
+        wschat-eager) [[ $2 == fanout-1000 ]] ;;
+        wschat-redis) [[ $2 == fanout-1000 ]] ;;
+        wschat-cluster) [[ $2 == fanout-* ]] ;;
+        *) true ;;
+    esac
+}
 total=0
 for case_name in $CASES; do
     for server in $SERVERS; do
@@ -156,7 +222,7 @@ for rep in $(seq "$REPS"); do
             wait_quiet
             start_server "$server"
             log "[$n/$total] rep $rep, $case_name, $server (pid $SERVER_PID, $SERVER_ADDR)"
-            if ! taskset -c "$LOADGEN_CPU" "$LOADGEN" "${args[@]}" --url "ws://$SERVER_ADDR/" \
+            if ! taskset -c "$LOADGEN_CPU" "$LOADGEN" "${args[@]}" --url "ws://$SERVER_ADDR/" "${cluster_args[@]}" \
                 --server-pid "$SERVER_PID" --label "$server" --case "$case_name" --rep "$rep" --quiet >>"$RUNS"; then
                 log "run failed: $case_name against $server (server log below)"
                 tail -5 "$WORK/$server.log" >&2
@@ -204,12 +270,15 @@ cat >"$WORK/meta.json" <<JSON
 JSON
 
 "$LOADGEN" report --runs "$RUNS" --meta "$WORK/meta.json" --reference wschat \
-    --variant wschat-eager --out "$OUT_DIR/bench-results.json" --svg "$OUT_DIR/bench.svg" \
+    --variant wschat-eager --variant wschat-redis --variant wschat-cluster --out "$OUT_DIR/bench-results.json" --svg "$OUT_DIR/bench.svg" \
     --target fanout-60:server_cpu_us_per_delivery:ratio\<=0.8 \
     --target fanout-1000:server_cpu_us_per_delivery:ratio\<=0.8 \
     --target fanout-ramp:max_sustained_deliveries_per_sec:ratio\>=1.5 \
     --target idle-10k:rss_per_connection_bytes:value\<=2048 \
-    --target idle-10k:connections_per_sec:ratio\>=1.0
+    --target idle-10k:connections_per_sec:ratio\>=1.0 \
+    --target fanout-1000:server_cpu_us_per_delivery:wschat-redis/wschat\<=1.2 \
+    --target fanout-60:server_cpu_us_per_delivery:wschat-cluster/wschat\<=1.2 \
+    --target fanout-1000:server_cpu_us_per_delivery:wschat-cluster/wschat\<=1.2
 echo
 echo "machine: $(nproc) cores, $cpu_model; $(date -u +%Y-%m-%d); $(rustc --version); wschat $commit"
 echo "runs: $total in $((elapsed / 60)) min $((elapsed % 60)) s (plus the report)"

@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 use net::Target;
-use room::{RoomSpec, Session, StepReport};
+use room::{ExtraNode, RoomSpec, Session, StepReport};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,9 @@ struct Common {
     /// The server's pid: adds its CPU time (/proc/PID/stat) and memory (/proc/PID/status).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Another process whose CPU time to record, as LABEL=PID (repeatable): a cluster's Redis.
+    #[arg(long = "cpu-pid", value_name = "LABEL=PID", value_parser = parse_labelled_pid)]
+    cpu_pids: Vec<(String, u32)>,
     /// Name of the server under test, copied into the JSON.
     #[arg(long, default_value = "server")]
     label: String,
@@ -128,6 +131,20 @@ struct FanoutArgs {
     publishers: usize,
     #[arg(long, default_value = "bench-fanout")]
     room: String,
+    /// Another node of the same cluster (repeatable): receivers are spread round-robin over
+    /// --url and these; publishers stay on --url.
+    #[arg(long = "also-url", value_name = "URL")]
+    also_urls: Vec<String>,
+    /// The pid of each --also-url node, in the same order, for its CPU time.
+    #[arg(long = "also-pid", value_name = "PID")]
+    also_pids: Vec<u32>,
+}
+
+/// `LABEL=PID`.
+fn parse_labelled_pid(text: &str) -> Result<(String, u32), String> {
+    let (label, pid) = text.split_once('=').ok_or_else(|| format!("`{text}` is not LABEL=PID"))?;
+    let pid = pid.parse().map_err(|_| format!("`{pid}` is not a pid"))?;
+    Ok((label.to_owned(), pid))
 }
 
 #[derive(Args)]
@@ -169,18 +186,19 @@ fn main() -> ExitCode {
             if args.publishers == 0 {
                 Err("--publishers must be at least 1".to_owned())
             } else {
-                let params =
-                    json!({"receivers": args.receivers, "publishers": args.publishers, "room": args.room});
-                run_room(
-                    &args.common,
-                    &args.load,
-                    args.receivers,
-                    args.publishers,
-                    &args.room,
-                    "fanout",
-                    params,
-                    start,
-                )
+                let params = json!({"receivers": args.receivers, "publishers": args.publishers,
+                                    "room": args.room, "also_urls": args.also_urls});
+                extra_nodes(&args, args.common.allow_non_loopback).and_then(|nodes| {
+                    run_room(
+                        &args.common,
+                        &args.load,
+                        (args.receivers, args.publishers, nodes),
+                        &args.room,
+                        "fanout",
+                        params,
+                        start,
+                    )
+                })
             }
         }
         Command::Chat(args) => {
@@ -188,7 +206,15 @@ fn main() -> ExitCode {
                 Err("--clients must be at least 2".to_owned())
             } else {
                 let params = json!({"clients": args.clients, "room": args.room});
-                run_room(&args.common, &args.load, 0, args.clients, &args.room, "chat", params, start)
+                run_room(
+                    &args.common,
+                    &args.load,
+                    (0, args.clients, Vec::new()),
+                    &args.room,
+                    "chat",
+                    params,
+                    start,
+                )
             }
         }
         Command::Idle(args) => run_idle(&args, start),
@@ -225,18 +251,33 @@ fn emit(record: &Value) {
     println!("{}", serde_json::to_string(record).expect("JSON values serialize"));
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The fanout's `--also-url` nodes, with their pids.
+fn extra_nodes(args: &FanoutArgs, allow_non_loopback: bool) -> Result<Vec<ExtraNode>, String> {
+    if !args.also_pids.is_empty() && args.also_pids.len() != args.also_urls.len() {
+        return Err("give one --also-pid per --also-url, or none".to_owned());
+    }
+    args.also_urls
+        .iter()
+        .enumerate()
+        .map(|(index, url)| {
+            let target = Target::parse(url, allow_non_loopback)?;
+            Ok(ExtraNode { addr: target.addr, pid: args.also_pids.get(index).copied() })
+        })
+        .collect()
+}
+
+/// Runs a room scenario: `members` is (receivers, publishers, further nodes for receivers).
 fn run_room(
     common: &Common,
     load: &Load,
-    receivers: usize,
-    publishers: usize,
+    members: (usize, usize, Vec<ExtraNode>),
     room: &str,
     scenario: &str,
     mut params: Value,
     start: Instant,
 ) -> Result<(), String> {
     let target = Target::parse(&common.url, common.allow_non_loopback)?;
+    let (receivers, publishers, extra_nodes) = members;
     let spec = RoomSpec {
         receivers,
         publishers,
@@ -244,6 +285,8 @@ fn run_room(
         concurrency: common.concurrency,
         connect_timeout: Duration::from_secs_f64(common.connect_timeout),
         server_pid: common.server_pid,
+        extra_nodes,
+        others: common.cpu_pids.clone(),
     };
     let secs = Duration::from_secs_f64;
     let mut session = Session::new(&target, spec, start)?;
@@ -371,6 +414,10 @@ fn run_room(
     record["max_sustained_deliveries_per_sec"] = json!(best_deliveries);
     record["max_pass_server_cpu_us_per_delivery"] =
         json!(best_step.and_then(|step| step.server_cpu_us_per_delivery));
+    if let Some(step) = best_step.filter(|step| !step.nodes.is_empty() || !step.others.is_empty()) {
+        record["max_pass_nodes"] = serde_json::to_value(&step.nodes).expect("serializes");
+        record["max_pass_others"] = serde_json::to_value(&step.others).expect("serializes");
+    }
     record["max_pass_loadgen_cpu_share"] = json!(best_step.map(|step| step.loadgen_cpu_share));
     record["first_fail_rate"] = json!(
         steps

@@ -107,6 +107,8 @@ struct Conn {
 pub struct Options {
     /// SO_RCVBUF, for a client that should fill up soon once it stops reading.
     pub receive_buffer: Option<usize>,
+    /// Another server than the target's (another node of a cluster), same request.
+    pub addr: Option<SocketAddr>,
 }
 
 pub struct Engine {
@@ -182,8 +184,13 @@ impl Engine {
     /// key; failures are reported later through `Handler::on_closed`, or here if `connect` itself
     /// fails at once.
     pub fn connect(&mut self, request_target: &str) -> io::Result<usize> {
+        self.connect_to(None, request_target)
+    }
+
+    /// `connect`, to `addr` (another node of the same cluster) if given.
+    pub fn connect_to(&mut self, addr: Option<SocketAddr>, request_target: &str) -> io::Result<usize> {
         let request = self.upgrade_request(request_target);
-        self.open(request.into_bytes(), Options::default())
+        self.open(request.into_bytes(), Options { addr, ..Options::default() })
     }
 
     /// The HTTP upgrade request for `request_target`, with a fresh key.
@@ -224,18 +231,19 @@ impl Engine {
     }
 
     fn new_stream(&mut self, options: Options) -> io::Result<TcpStream> {
+        let addr = options.addr.unwrap_or(self.target.addr);
         if self.sources <= 1 && options.receive_buffer.is_none() {
-            let stream = TcpStream::connect(self.target.addr)?;
+            let stream = TcpStream::connect(addr)?;
             stream.set_nodelay(true)?;
             return Ok(stream);
         }
-        let socket = Socket::new(Domain::for_address(self.target.addr), Type::STREAM, Some(Protocol::TCP))?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
         socket.set_tcp_nodelay(true)?;
         if let Some(bytes) = options.receive_buffer {
             socket.set_recv_buffer_size(bytes)?;
         }
-        if self.sources > 1 && self.target.addr.is_ipv4() {
+        if self.sources > 1 && addr.is_ipv4() {
             // IP_BIND_ADDRESS_NO_PORT: the port is picked at connect, where the kernel checks the
             // whole address pair, rather than at bind, where it would keep ports to itself.
             let on: libc::c_int = 1;
@@ -253,7 +261,7 @@ impl Engine {
             let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, self.next_source));
             socket.bind(&SocketAddr::new(source, 0).into())?;
         }
-        match socket.connect(&self.target.addr.into()) {
+        match socket.connect(&addr.into()) {
             Ok(()) => {}
             Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(error) => return Err(error),

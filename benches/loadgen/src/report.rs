@@ -106,6 +106,23 @@ const FIXED: &[Metric] = &[
         1,
     ),
     share("other_cpu_share", "other processes' CPU (noise)", "/result/other_cpu_share"),
+    // A cluster's runs (receivers spread over two nodes sharing a Redis): the first node's cost
+    // is the server CPU per delivery above (per delivery of its own members); these are the
+    // second node's and Redis's.
+    info(
+        "node_b_cpu_us_per_delivery",
+        "2nd node CPU us per delivery",
+        "/result/nodes/1/cpu_us_per_delivery",
+        3,
+    ),
+    share("node_b_cpu_share", "2nd node CPU", "/result/nodes/1/cpu_share"),
+    info(
+        "redis_cpu_us_per_message",
+        "Redis CPU us per message",
+        "/result/others/redis/cpu_us_per_message",
+        1,
+    ),
+    share("redis_cpu_share", "Redis CPU", "/result/others/redis/cpu_share"),
 ];
 
 const RAMP: &[Metric] = &[
@@ -128,6 +145,19 @@ const RAMP: &[Metric] = &[
     share("max_pass_loadgen_cpu_share", "loadgen CPU there", "/max_pass_loadgen_cpu_share"),
     share("loadgen_max_cpu_share", "loadgen CPU, busiest step", "/loadgen_max_cpu_share"),
     share("max_other_cpu_share", "other processes' CPU, noisiest step", "/max_other_cpu_share"),
+    info(
+        "max_pass_node_b_cpu_us_per_delivery",
+        "2nd node CPU us/delivery there",
+        "/max_pass_nodes/1/cpu_us_per_delivery",
+        3,
+    ),
+    info(
+        "max_pass_redis_cpu_us_per_message",
+        "Redis CPU us/message there",
+        "/max_pass_others/redis/cpu_us_per_message",
+        1,
+    ),
+    share("max_pass_redis_cpu_share", "Redis CPU there", "/max_pass_others/redis/cpu_share"),
 ];
 
 const IDLE: &[Metric] = &[
@@ -215,6 +245,8 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
 
     let mut summary = Vec::new();
     let mut ratios: BTreeMap<(String, String), (f64, f64, Better)> = BTreeMap::new();
+    // Every median, for targets that compare two given servers.
+    let mut medians: BTreeMap<(String, String, String), f64> = BTreeMap::new();
     let width = 24;
     println!();
     print!("{:<36}", "case / metric (median, min-max)");
@@ -240,6 +272,11 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
                 .collect();
             if cells.iter().all(Option::is_none) {
                 continue;
+            }
+            for (label, cell) in labels.iter().zip(&cells) {
+                if let Some((median, ..)) = cell {
+                    medians.insert((case.clone(), metric.key.to_owned(), label.clone()), *median);
+                }
             }
             print!("  {:<34}", metric.title);
             for cell in &cells {
@@ -283,7 +320,7 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
         println!("targets ({reference} against the best other server, medians):");
     }
     for target in &args.targets {
-        let check = check_target(target, &ratios)?;
+        let check = check_target(target, &ratios, &medians)?;
         println!("  {}", check["text"].as_str().unwrap_or_default());
         checks.push(check);
     }
@@ -426,8 +463,13 @@ fn ratio_of(
 fn check_target(
     target: &str,
     ratios: &BTreeMap<(String, String), (f64, f64, Better)>,
+    medians: &BTreeMap<(String, String, String), f64>,
 ) -> Result<Value, String> {
-    let bad = || format!("target `{target}`: expected CASE:METRIC:ratio<=X or CASE:METRIC:value>=X");
+    let bad = || {
+        format!(
+            "target `{target}`: expected CASE:METRIC:ratio<=X, CASE:METRIC:value>=X or CASE:METRIC:A/B<=X"
+        )
+    };
     let mut parts = target.splitn(3, ':');
     let (case, metric, rule) =
         (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
@@ -439,6 +481,23 @@ fn check_target(
         return Err(bad());
     };
     let bound: f64 = bound.parse().map_err(|_| bad())?;
+    if let Some((first, second)) = kind.split_once('/') {
+        // Two named servers' medians, e.g. a cluster's node against the standalone server.
+        let median =
+            |label: &str| medians.get(&(case.to_owned(), metric.to_owned(), label.to_owned())).copied();
+        let (Some(a), Some(b)) = (median(first), median(second)) else {
+            return Ok(json!({"target": target, "met": Value::Null, "text": format!("{target}: no data")}));
+        };
+        let value = a / b;
+        let met = if op == "<=" { value <= bound } else { value >= bound };
+        let text = format!(
+            "{:<60} {:<32} {}",
+            format!("{case} {metric} {kind} {op} {bound}"),
+            format!("{a:.4} / {b:.4} = {value:.2}"),
+            if met { "met" } else { "MISSED" }
+        );
+        return Ok(json!({"target": target, "value": value, "met": met, "text": text}));
+    }
     let Some(&(reference, best_other, _)) = ratios.get(&(case.to_owned(), metric.to_owned())) else {
         return Ok(json!({"target": target, "met": Value::Null, "text": format!("{target}: no data")}));
     };

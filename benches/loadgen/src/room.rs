@@ -29,6 +29,40 @@ pub struct RoomSpec {
     pub concurrency: usize,
     pub connect_timeout: Duration,
     pub server_pid: Option<u32>,
+    /// Further nodes of a cluster serving the same room: receivers are spread round-robin over
+    /// the target and these (publishers stay on the target), and each node's CPU is its own.
+    pub extra_nodes: Vec<ExtraNode>,
+    /// Other processes whose CPU the run records (a cluster's Redis), by label.
+    pub others: Vec<(String, u32)>,
+}
+
+/// Another node of the cluster under test.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtraNode {
+    pub addr: std::net::SocketAddr,
+    pub pid: Option<u32>,
+}
+
+/// One node's share of a step, when receivers are spread over several.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    /// 0 for the target, then the extra nodes in order.
+    pub node: usize,
+    pub receivers: usize,
+    /// Deliveries to this node's members in the CPU window.
+    pub cpu_window_deliveries: u64,
+    pub cpu_secs: Option<f64>,
+    pub cpu_share: Option<f64>,
+    pub cpu_us_per_delivery: Option<f64>,
+}
+
+/// Another process's share of a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct OtherReport {
+    pub cpu_secs: Option<f64>,
+    pub cpu_share: Option<f64>,
+    /// Per message sent in the window.
+    pub cpu_us_per_message: Option<f64>,
 }
 
 /// Everything the receiving side counts. Indexed by the connection's slab key.
@@ -52,6 +86,9 @@ struct Tracker {
     window: (u64, u64),
     window_deliveries: u64,
     latency: Histogram<u64>,
+    /// The node each connection is on (by slab key), and deliveries to each node's members.
+    node_of: Vec<usize>,
+    delivered_by_node: Vec<u64>,
 }
 
 impl Tracker {
@@ -74,6 +111,8 @@ impl Tracker {
             window: (u64::MAX, u64::MAX),
             window_deliveries: 0,
             latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
+            node_of: vec![0; members],
+            delivered_by_node: Vec::new(),
         }
     }
 
@@ -82,6 +121,15 @@ impl Tracker {
             self.welcomed.resize(key + 1, false);
             self.closed.resize(key + 1, false);
             self.next_seq.resize((key + 1) * self.n_pubs, 0);
+            self.node_of.resize(key + 1, 0);
+        }
+    }
+
+    fn place(&mut self, key: usize, node: usize) {
+        self.grow(key);
+        self.node_of[key] = node;
+        if node >= self.delivered_by_node.len() {
+            self.delivered_by_node.resize(node + 1, 0);
         }
     }
 }
@@ -105,6 +153,9 @@ impl Handler for Tracker {
                 }
                 *slot = seq + 1;
                 self.delivered += 1;
+                if let Some(count) = self.delivered_by_node.get_mut(self.node_of[key]) {
+                    *count += 1;
+                }
                 if sent_us >= self.window.0 && sent_us < self.window.1 {
                     self.window_deliveries += 1;
                     self.latency.saturating_record(now_us.saturating_sub(sent_us).max(1));
@@ -186,6 +237,13 @@ pub struct StepReport {
     /// CPU used by everything else on the machine during the CPU window, in cores (noise; needs
     /// --server-pid).
     pub other_cpu_share: Option<f64>,
+    /// With receivers spread over nodes (`--also-url`): each node's deliveries and CPU. The
+    /// target's `server_cpu_us_per_delivery` above is then per delivery of its own members.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeReport>,
+    /// `--cpu-pid` processes, by label.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub others: BTreeMap<String, OtherReport>,
     /// Ramp only: whether this step met the bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pass: Option<bool>,
@@ -225,6 +283,18 @@ impl Session {
         self.spec.receivers + self.spec.publishers
     }
 
+    fn node_count(&self) -> usize {
+        1 + self.spec.extra_nodes.len()
+    }
+
+    /// Every pid whose CPU a step records: the target's, the extra nodes', the others'.
+    fn cpu_marks(&self) -> Vec<Option<f64>> {
+        let pids = std::iter::once(self.spec.server_pid)
+            .chain(self.spec.extra_nodes.iter().map(|node| node.pid))
+            .chain(self.spec.others.iter().map(|(_, pid)| Some(*pid)));
+        pids.map(|pid| pid.and_then(procfs::cpu_seconds)).collect()
+    }
+
     /// Opens every member (receivers first, then publishers) with bounded concurrency, waits
     /// for every welcome, then for the room's joined events to die down.
     pub fn connect(&mut self) -> Result<ConnectReport, String> {
@@ -242,9 +312,14 @@ impl Session {
                 && launched.saturating_sub(self.tracker.welcomed_count + self.tracker.closed_count)
                     < self.spec.concurrency
             {
-                let key =
-                    self.engine.connect(&self.request_target).map_err(|error| format!("connect: {error}"))?;
-                self.tracker.grow(key);
+                // Receivers go round-robin over the nodes; publishers stay on the target.
+                let node = if launched < self.spec.receivers { launched % self.node_count() } else { 0 };
+                let addr = node.checked_sub(1).map(|extra| self.spec.extra_nodes[extra].addr);
+                let key = self
+                    .engine
+                    .connect_to(addr, &self.request_target)
+                    .map_err(|error| format!("connect: {error}"))?;
+                self.tracker.place(key, node);
                 if launched >= self.spec.receivers {
                     self.pub_keys.push(key);
                 }
@@ -361,6 +436,8 @@ impl Session {
         // When the window opened: wall time, server CPU, own CPU, deliveries, machine CPU.
         #[allow(clippy::type_complexity)]
         let mut start_marks: Option<(Instant, Option<f64>, f64, u64, Option<f64>)> = None;
+        let mut cpu_start: Vec<Option<f64>> = Vec::new();
+        let mut by_node_start: Vec<u64> = Vec::new();
         let mut sent_in_window = 0u64;
         let mut reads_start = 0u64;
         let mut k = 0u64;
@@ -371,6 +448,8 @@ impl Session {
                 let machine = procfs::machine_busy_seconds();
                 start_marks = Some((now, server, procfs::own_cpu_seconds(), self.tracker.delivered, machine));
                 reads_start = self.engine.reads;
+                cpu_start = self.cpu_marks();
+                by_node_start = self.tracker.delivered_by_node.clone();
             }
             // Every message that is due goes out now, late or not.
             loop {
@@ -402,6 +481,7 @@ impl Session {
             start_marks.expect("the window was reached");
         let server_end = self.spec.server_pid.and_then(procfs::cpu_seconds);
         let machine_end = procfs::machine_busy_seconds();
+        let cpu_end = self.cpu_marks();
         let own_cpu = procfs::own_cpu_seconds() - own_start;
         let window_secs = end.duration_since(mark_at).as_secs_f64();
         let cpu_window_deliveries = self.tracker.delivered - delivered_start;
@@ -418,6 +498,53 @@ impl Session {
             }
         }
         errors.retain(|_, count| *count > 0);
+        let used = |index: usize| match (cpu_start.get(index).copied().flatten(), cpu_end[index]) {
+            (Some(start), Some(end)) => Some(end - start),
+            _ => None,
+        };
+        let nodes: Vec<NodeReport> = if self.spec.extra_nodes.is_empty() {
+            Vec::new()
+        } else {
+            (0..self.node_count())
+                .map(|node| {
+                    let deliveries = self.tracker.delivered_by_node.get(node).copied().unwrap_or(0)
+                        - by_node_start.get(node).copied().unwrap_or(0);
+                    let cpu = used(node);
+                    NodeReport {
+                        node,
+                        receivers: (0..self.spec.receivers).filter(|i| i % self.node_count() == node).count(),
+                        cpu_window_deliveries: deliveries,
+                        cpu_secs: cpu,
+                        cpu_share: cpu.map(|cpu| cpu / window_secs),
+                        cpu_us_per_delivery: cpu
+                            .filter(|_| deliveries > 0)
+                            .map(|cpu| cpu * 1e6 / deliveries as f64),
+                    }
+                })
+                .collect()
+        };
+        let others: BTreeMap<String, OtherReport> = self
+            .spec
+            .others
+            .iter()
+            .enumerate()
+            .map(|(index, (label, _))| {
+                let cpu = used(self.node_count() + index);
+                let report = OtherReport {
+                    cpu_secs: cpu,
+                    cpu_share: cpu.map(|cpu| cpu / window_secs),
+                    cpu_us_per_message: cpu
+                        .filter(|_| sent_in_window > 0)
+                        .map(|cpu| cpu * 1e6 / sent_in_window as f64),
+                };
+                (label.clone(), report)
+            })
+            .collect();
+        // With nodes, the target's cost is per delivery of its own members.
+        let server_deliveries =
+            nodes.first().map_or(cpu_window_deliveries, |node| node.cpu_window_deliveries);
+        let everything_else = nodes.iter().skip(1).filter_map(|node| node.cpu_secs).sum::<f64>()
+            + others.values().filter_map(|other| other.cpu_secs).sum::<f64>();
         Ok(StepReport {
             rate,
             recipients,
@@ -442,8 +569,8 @@ impl Session {
             server_cpu_secs: server_cpu,
             server_cpu_share: server_cpu.map(|cpu| cpu / window_secs),
             server_cpu_us_per_delivery: server_cpu
-                .filter(|_| cpu_window_deliveries > 0)
-                .map(|cpu| cpu * 1e6 / cpu_window_deliveries as f64),
+                .filter(|_| server_deliveries > 0)
+                .map(|cpu| cpu * 1e6 / server_deliveries as f64),
             loadgen_cpu_secs: own_cpu,
             loadgen_cpu_share: own_cpu / window_secs,
             loadgen_reads: reads,
@@ -451,11 +578,13 @@ impl Session {
             loadgen_us_per_read: own_cpu * 1e6 / reads.max(1) as f64,
             other_cpu_share: match (server_cpu, machine_start, machine_end) {
                 (Some(server), Some(start), Some(end)) => {
-                    Some(((end - start) - server - own_cpu).max(0.0) / window_secs)
+                    Some(((end - start) - server - own_cpu - everything_else).max(0.0) / window_secs)
                 }
                 _ => None,
             },
             pass: None,
+            nodes,
+            others,
         })
     }
 

@@ -370,7 +370,11 @@ impl<'a> Soak<'a> {
                 self.at(self.world.limits.handshake_secs + 3.0, key, Action::Deadline);
             }
             Kind::StoppedReader => {
-                self.open("firehose", Role::Bad(kind), Options { receive_buffer: Some(4096) });
+                self.open(
+                    "firehose",
+                    Role::Bad(kind),
+                    Options { receive_buffer: Some(4096), ..Options::default() },
+                );
             }
             Kind::Flooder => {
                 self.open("flood", Role::Bad(kind), Options::default());
