@@ -67,6 +67,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reactor;
 pub mod timer;
+pub mod tls;
 
 pub use chat::Chat;
 pub use config::Config;
