@@ -263,8 +263,8 @@ impl<H: Handler> Reactor<H> {
             let token = Token(entry.key());
             let transport = match &self.tls {
                 None => Transport::plain(stream),
-                Some(credentials) => match credentials.session(self.tls_buffer_limit) {
-                    Ok(session) => Transport::tls(stream, session),
+                Some(credentials) => match credentials.session() {
+                    Ok(session) => Transport::tls(stream, session, self.tls_buffer_limit),
                     Err(error) => {
                         warn!("cannot start TLS for a connection from {peer}: {error}");
                         continue;

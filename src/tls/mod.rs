@@ -13,22 +13,21 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 use rustls::crypto::ring;
-use rustls::server::ServerConnection;
+use rustls::server::UnbufferedServerConnection;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use validity::{Validity, utc, validity};
 
-/// The most application bytes rustls may hold encrypted and not yet written, per connection
-/// (`ConnectionCommon::set_buffer_limit`; rustls's own default is 64 KiB): one full record, or a
-/// quarter of `--max-send-buffer` if that is very small. The reactor encrypts only once rustls
-/// has written everything it held, so the ciphertext rustls holds is at most this plus one
+/// The most application bytes encrypted ahead of the socket, per connection: one full record, or
+/// a quarter of `--max-send-buffer` if that is very small. The reactor encrypts only once the
+/// socket has taken every record made before, so the ciphertext waiting is at most this plus one
 /// record's framing: [`send_reserve`].
 pub fn buffer_limit(max_send_buffer: usize) -> usize {
     (16 * 1024).min(max_send_buffer / 4)
 }
 
-/// The ciphertext one TLS connection can have waiting in rustls, taken out of
+/// The ciphertext one TLS connection can have waiting for its socket, taken out of
 /// `--max-send-buffer` so that a slow TLS reader is bounded exactly like a plain one: its queue
 /// gets the rest.
 pub fn send_reserve(max_send_buffer: usize) -> usize {
@@ -133,11 +132,9 @@ impl Credentials {
         Ok(&self.current)
     }
 
-    /// A new connection's TLS session, its output bounded by `buffer_limit` bytes.
-    pub fn session(&self, buffer_limit: usize) -> Result<ServerConnection, rustls::Error> {
-        let mut session = ServerConnection::new(self.current.config.clone())?;
-        session.set_buffer_limit(Some(buffer_limit));
-        Ok(session)
+    /// A new connection's TLS session (rustls's unbuffered API: the reactor keeps the buffers).
+    pub fn session(&self) -> Result<UnbufferedServerConnection, rustls::Error> {
+        UnbufferedServerConnection::new(self.current.config.clone())
     }
 
     /// What the log says about the current pair.
