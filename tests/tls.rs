@@ -260,3 +260,58 @@ fn a_missing_or_empty_file_is_refused_at_start_up() {
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(log.contains("cannot read the private key"), "{log}");
 }
+
+/// Python's own TLS (the `ssl` module, OpenSSL underneath) and the `websockets` package: it
+/// checks the certificate against the test CA for `localhost`, joins, and chats with a rustls
+/// client both ways. scripts/test.sh installs `websockets` when it is missing.
+const PYTHON_CLIENT: &str = r#"
+import json, ssl, sys
+from websockets.sync.client import connect
+
+context = ssl.create_default_context(cafile=sys.argv[2])
+with connect(f"wss://localhost:{sys.argv[1]}/?name=py", ssl=context, open_timeout=10) as socket:
+    welcome = json.loads(socket.recv(timeout=10))
+    assert welcome["type"] == "welcome", welcome
+    print(json.dumps({"version": socket.socket.version(), "users": [u["name"] for u in welcome["users"]]}), flush=True)
+    socket.send("hello from python")
+    while True:
+        event = json.loads(socket.recv(timeout=10))
+        if event["type"] == "message":
+            print(json.dumps({"text": event["text"]}), flush=True)
+            break
+"#;
+
+#[test]
+fn python_ssl_and_websockets_chat_over_wss() {
+    use std::io::BufRead;
+
+    let pki = Pki::new();
+    let server = start(&pki, "server", &[]);
+    let (mut rust, _) = pki.join(&server, "/?name=rust");
+    let ca = pki.dir.join("ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    let mut python = Command::new("python3")
+        .args(["-c", PYTHON_CLIENT, &server.addr.port().to_string(), &ca.display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/test.sh installs its websockets package)");
+    let mut lines = std::io::BufReader::new(python.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = match lines.next() {
+        Some(Ok(line)) => serde_json::from_str(&line).unwrap(),
+        _ => {
+            let mut errors = String::new();
+            python.stderr.take().unwrap().read_to_string(&mut errors).unwrap();
+            panic!("the Python client did not get its welcome: {errors}");
+        }
+    };
+    assert_eq!(first["users"], json!(["rust", "py"]));
+    assert!(first["version"] == "TLSv1.3", "{first}");
+    assert_eq!(rust.recv_type("message")["text"], "hello from python");
+    rust.send_json(json!({"type": "message", "text": "hello from rust"}));
+    let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second["text"], "hello from rust");
+    assert!(python.wait().unwrap().success());
+    assert_eq!(rust.recv_type("left")["user"]["name"], "py");
+}
