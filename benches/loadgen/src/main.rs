@@ -50,9 +50,13 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server URL, e.g. ws://127.0.0.1:9001/
+    /// Server URL, e.g. ws://127.0.0.1:9001/ or wss://localhost:9443/
     #[arg(long)]
     url: String,
+    /// For wss://: the CA certificate(s) to trust, in PEM (only these; the server's certificate
+    /// is checked for the URL's host).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
     /// The server's pid: adds its CPU time (/proc/PID/stat) and memory (/proc/PID/status).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -252,6 +256,20 @@ fn emit(record: &Value) {
 }
 
 /// The fanout's `--also-url` nodes, with their pids.
+impl Common {
+    /// The server to load, with its TLS settings for wss://.
+    fn target(&self) -> Result<Target, String> {
+        let mut target = Target::parse(&self.url, self.allow_non_loopback)?;
+        match (&self.tls_ca, target.secure) {
+            (Some(ca), true) => target.trust(ca)?,
+            (None, true) => return Err("a wss:// URL needs --tls-ca".to_owned()),
+            (Some(_), false) => return Err("--tls-ca is for wss:// URLs".to_owned()),
+            (None, false) => {}
+        }
+        Ok(target)
+    }
+}
+
 fn extra_nodes(args: &FanoutArgs, allow_non_loopback: bool) -> Result<Vec<ExtraNode>, String> {
     if !args.also_pids.is_empty() && args.also_pids.len() != args.also_urls.len() {
         return Err("give one --also-pid per --also-url, or none".to_owned());
@@ -276,7 +294,7 @@ fn run_room(
     mut params: Value,
     start: Instant,
 ) -> Result<(), String> {
-    let target = Target::parse(&common.url, common.allow_non_loopback)?;
+    let target = common.target()?;
     let (receivers, publishers, extra_nodes) = members;
     let spec = RoomSpec {
         receivers,
@@ -530,7 +548,7 @@ fn print_steps(steps: &[StepReport]) {
 
 fn run_idle(args: &IdleArgs, start: Instant) -> Result<(), String> {
     let common = &args.common;
-    let target = Target::parse(&common.url, common.allow_non_loopback)?;
+    let target = common.target()?;
     let spec = idle::IdleSpec {
         connections: args.connections,
         concurrency: common.concurrency,
