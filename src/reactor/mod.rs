@@ -20,6 +20,7 @@ mod shutdown;
 mod socket;
 mod stats;
 mod throttle;
+mod tls_session;
 mod transport;
 
 use std::io::{self, Write};

@@ -3,6 +3,7 @@
 //!
 //! Each run prints one JSON line on stdout (machine-readable) and a human table on stderr.
 
+mod handshakes;
 mod idle;
 mod net;
 mod plot;
@@ -41,6 +42,9 @@ enum Command {
     Chat(ChatArgs),
     /// Open N connections, wait for every welcome, measure connection rate and server memory.
     Idle(IdleArgs),
+    /// Full TLS handshakes with rustls alone, in memory: the server's cost per handshake on this
+    /// machine, to hold the server's TLS handshake rate against.
+    TlsHandshakes(handshakes::HandshakeArgs),
     /// Aggregate the JSON lines of several runs: side-by-side table, results file, SVG plot.
     Report(report::ReportArgs),
     /// Start wschat and hold it near its file limit for a long time under churn, chatter, a short
@@ -222,6 +226,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Idle(args) => run_idle(&args, start),
+        Command::TlsHandshakes(args) => handshakes::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Soak(args) => soak::run(&args, start),
     };
@@ -556,6 +561,7 @@ fn run_idle(args: &IdleArgs, start: Instant) -> Result<(), String> {
         connect_timeout: Duration::from_secs_f64(common.connect_timeout),
         hold: Duration::from_secs_f64(args.hold),
         server_pid: common.server_pid,
+        others: common.cpu_pids.clone(),
     };
     let report = idle::run(&target, &spec, start)?;
     let params = json!({"connections": args.connections, "room_size": args.room_size,
@@ -587,6 +593,14 @@ fn run_idle(args: &IdleArgs, start: Instant) -> Result<(), String> {
             opt(report.server_cpu_us_per_connection, 1),
             report.server_idle_cpu_share.map_or("-".to_owned(), |s| format!("{:.1}%", s * 100.0))
         );
+        for (label, other) in &report.others {
+            eprintln!(
+                "  {label:<17} {} s connecting = {} us per connection; {} bytes per connection",
+                opt(other.cpu_secs, 2),
+                opt(other.cpu_us_per_connection, 1),
+                opt(other.rss_per_connection_bytes, 0)
+            );
+        }
         eprintln!(
             "  loadgen CPU       {:.2} s = {:.0}% of a core",
             report.loadgen_cpu_secs,
