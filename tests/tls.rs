@@ -195,6 +195,16 @@ fn sighup_reloads_the_certificate_and_keeps_every_connection() {
     assert!(server.is_running());
 }
 
+#[test]
+fn sighup_without_tls_is_logged_and_ignored() {
+    let mut server = Server::start(&[]);
+    let (mut amy, _) = server.join("/?name=amy");
+    server.signal("HUP");
+    server.wait_for_log("SIGHUP: nothing to reload");
+    amy.assert_nothing_pending();
+    assert!(server.is_running());
+}
+
 /// The certificate the server presents to a new connection.
 fn presented(pki: &Pki, server: &Server) -> rustls::pki_types::CertificateDer<'static> {
     let stream = pki.connect(server);

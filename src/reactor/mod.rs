@@ -68,8 +68,8 @@ enum Flow {
 pub struct Reactor<H> {
     poll: Poll,
     acceptor: Acceptor,
-    /// SIGINT and SIGTERM (and SIGHUP, with TLS), delivered through a pipe registered in the same
-    /// poll, so a signal is just another event.
+    /// SIGINT, SIGTERM and SIGHUP, delivered through a pipe registered in the same poll, so a
+    /// signal is just another event.
     signals: Signals,
     /// The listener's certificate and key (`--tls-cert`, `--tls-key`), reloaded on SIGHUP; `None`
     /// for plain ws://.
@@ -126,12 +126,9 @@ impl<H: Handler> Reactor<H> {
         if let Some(listener) = acceptor.listener_mut() {
             poll.registry().register(listener, LISTENER, Interest::READABLE)?;
         }
-        // SIGHUP reloads the certificate; without TLS it keeps its default (the process ends).
-        let mut signals = if tls.is_some() {
-            Signals::new([SIGINT, SIGTERM, SIGHUP])?
-        } else {
-            Signals::new([SIGINT, SIGTERM])?
-        };
+        // SIGHUP reloads the certificate (`systemctl reload`); without TLS it is logged and
+        // ignored, rather than ending the process as it would by default.
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let started = Instant::now();
         let send_buffer_limit = config.max_send_buffer as usize;

@@ -1,6 +1,6 @@
 //! Signals. Graceful shutdown: the first SIGINT or SIGTERM stops the accepting and starts a
 //! close handshake with every client; the loop runs on until they are done or time is up. A
-//! second signal stops at once. SIGHUP (with TLS) reloads the certificate and key.
+//! second signal stops at once. SIGHUP reloads the TLS certificate and key.
 
 use log::{error, info, warn};
 use mio::Token;
@@ -37,7 +37,9 @@ impl<H: Handler> Reactor<H> {
     /// now on (certbot renews them in place). Open connections keep the session they have. A pair
     /// that fails the checks is refused, and the one in use stays.
     fn reload_tls(&mut self) {
-        let Some(credentials) = &mut self.tls else { return };
+        let Some(credentials) = &mut self.tls else {
+            return info!("SIGHUP: nothing to reload (no --tls-cert)");
+        };
         match credentials.reload(super::unix_time_seconds()) {
             Ok(_) => info!("SIGHUP: TLS reloaded: {}", credentials.describe()),
             Err(problem) => {
