@@ -115,6 +115,26 @@ fn tls_stats(pki: &Pki, server: &Server) -> serde_json::Value {
 }
 
 #[test]
+fn a_handshake_message_larger_than_a_record_is_refused_not_held() {
+    let pki = Pki::new();
+    // A deadline far beyond the test's: only the size check can end this connection in time.
+    let server = start(&pki, "server", &["--handshake-timeout", "60"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    // A ClientHello announcing 48 KiB, sent as full 16 KiB records.
+    let mut first = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0xC0, 0x00];
+    first.resize(5 + 0x4000, 0);
+    stream.write_all(&first).unwrap();
+    let mut next = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+    next.resize(5 + 0x4000, 0);
+    // The server may hang up while this is on its way.
+    let _ = stream.write_all(&next).and_then(|()| stream.write_all(&next));
+    let started = Instant::now();
+    read_until_closed(&mut stream);
+    assert!(started.elapsed() < DEADLINE);
+}
+
+#[test]
 fn a_silent_socket_on_the_tls_port_is_dropped_at_the_handshake_deadline() {
     let pki = Pki::new();
     let server = start(&pki, "server", &["--handshake-timeout", "0.3"]);

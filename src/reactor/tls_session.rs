@@ -15,10 +15,13 @@ use super::transport::{TlsFailure, refused};
 const HANDSHAKE_RECORD: u8 = 0x16;
 /// How much room each read from the socket gets: a typical record, and half the largest.
 const READ_BYTES: usize = 8 * 1024;
-/// The most received bytes held before rustls can use them. A record is at most 16 KiB plus 256
-/// (RFC 8446 section 5.2), but rustls joins a handshake message of up to 64 KiB across records
-/// in this buffer (its own limit for handshake messages), so that much may wait here.
-const MAX_INCOMING_BYTES: usize = 80 * 1024;
+/// Received bytes past which no more are read until rustls takes some: one whole record, 16 KiB
+/// plus 256 and its 5-byte header (RFC 8446 section 5.2), which rustls takes as soon as it is
+/// complete. Only a handshake message spanning records would wait longer, joined in this buffer;
+/// a client's are a few KiB (a ClientHello with post-quantum key shares is under 2 KiB), so one
+/// larger than a record is refused here rather than held, up to rustls's own 64 KiB, for every
+/// socket a client opens. With the read's room, a connection holds at most about 24 KiB here.
+const MAX_INCOMING_BYTES: usize = 16 * 1024 + 256 + 5;
 /// The most plaintext in one record (RFC 8446 section 5.1).
 pub(super) const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 
