@@ -13,15 +13,16 @@
 # Servers: wschat with its defaults; wschat-eager, the same binary with --max-write-delay-ms 0
 # (writes at the end of every loop iteration, never paced; run in fanout-1000 only);
 # wschat-cluster, two wschat nodes sharing a redis-server (--redis), the fanout's receivers spread
-# over both and the publisher on the first, all three processes on the server's core (run in the
-# fanout cases only; needs redis-server; each node's CPU per delivery of its own members, and
-# Redis's CPU per message, are reported apart); tokio-ct
+# over both and the publisher on the first, all three processes on the server's core, and
+# wschat-redis, one node through Redis with every member on it (what the Redis hop alone costs)
+# (the cluster runs in the fanout cases, wschat-redis in fanout-1000; both need redis-server; each node's CPU per delivery of its own
+# members, and Redis's CPU per message, are reported apart); tokio-ct
 # and tokio-mt, the tokio baseline on the current-thread and multi-thread runtimes; and, only
 # when asked for (SERVERS="... node-ws", about 2.5 more minutes), node-ws, the Node.js baseline
 # on the `ws` package (benches/node-ws; needs node and npm). Ratios compare wschat with the best
 # of the others.
 #
-# TLS=1 runs the TLS comparison instead (opt-in, about 3 minutes): wschat-tls, wschat serving
+# TLS=1 runs the TLS comparison instead (opt-in, about 6 minutes): wschat-tls, wschat serving
 # wss:// itself (--tls-cert/--tls-key, a throwaway ECDSA P-256 certificate from
 # examples/tls_cert.rs); nginx-tls, plain wschat behind nginx terminating TLS with deploy/nginx.conf
 # and deploy/nginx-wschat.conf (only addresses and certificate paths changed; one nginx process,
@@ -32,7 +33,7 @@
 # machine (loadgen tls-handshakes, in memory), to hold the handshake rate against. Writes
 # docs/bench-tls.json and prints the table with the targets of issue 15. Needs nginx.
 #
-# Environment: REPS (default 3), SERVERS (default "wschat wschat-eager wschat-cluster tokio-ct tokio-mt"), QUICK=1 (short
+# Environment: REPS (default 3), SERVERS (default "wschat wschat-eager wschat-redis wschat-cluster tokio-ct tokio-mt"), QUICK=1 (short
 # windows, results under /tmp unless OUT_DIR is set), OUT_DIR (default docs/), SERVER_CPU (0),
 # LOADGEN_CPU (1), WSCHAT_FLAGS (extra wschat flags), TOKIO_FLAGS (extra tokio-chat flags),
 # QUIET_WAIT (seconds, over the whole run, that it may wait for other processes to go quiet
@@ -47,7 +48,7 @@ TLS=${TLS:-0}
 if [[ $TLS == 1 ]]; then
     SERVERS=${SERVERS:-"wschat wschat-tls nginx-tls"}
 else
-    SERVERS=${SERVERS:-"wschat wschat-eager wschat-cluster tokio-ct tokio-mt"}
+    SERVERS=${SERVERS:-"wschat wschat-eager wschat-redis wschat-cluster tokio-ct tokio-mt"}
 fi
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
@@ -107,9 +108,10 @@ listening_on() {
     done
     return 1
 }
-# Two wschat nodes sharing a fresh redis-server, all on the server's core.
+# $1 wschat nodes (1 or 2) sharing a fresh redis-server, all on the server's core; $2 names the logs.
 start_cluster() {
-    local port prefix="bench-$$-$RANDOM" redis_log="$WORK/redis.log" b_log="$WORK/wschat-cluster-b.log"
+    local nodes=$1 name=$2
+    local port prefix="bench-$$-$RANDOM" redis_log="$WORK/redis.log" b_log="$WORK/$2-b.log"
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     taskset -c "$SERVER_CPU" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
         >"$redis_log" 2>&1 &
@@ -119,25 +121,31 @@ start_cluster() {
         sleep 0.05
     done
     local node_flags=(--redis "redis://127.0.0.1:$port/" --redis-prefix "$prefix")
-    : >"$WORK/wschat-cluster.log"; : >"$b_log"
+    : >"$WORK/$name.log"
     taskset -c "$SERVER_CPU" "$WSCHAT" "${wschat_flags[@]}" "${node_flags[@]}" --node-id a "${extra_wschat[@]}" \
-        2>>"$WORK/wschat-cluster.log" >/dev/null &
+        2>>"$WORK/$name.log" >/dev/null &
     SERVER_PID=$!
-    taskset -c "$SERVER_CPU" "$WSCHAT" "${wschat_flags[@]}" "${node_flags[@]}" --node-id b "${extra_wschat[@]}" \
-        2>>"$b_log" >/dev/null &
-    local b_pid=$!
-    CLUSTER_PIDS=("$b_pid" "$redis_pid")
-    SERVER_ADDR=$(listening_on "$WORK/wschat-cluster.log" "$SERVER_PID") || { log "cluster node a did not start"; exit 1; }
-    local b_addr
-    b_addr=$(listening_on "$b_log" "$b_pid") || { log "cluster node b did not start"; exit 1; }
-    # Ready once both reach Redis.
-    for addr in "$SERVER_ADDR" "$b_addr"; do
+    CLUSTER_PIDS=("$redis_pid")
+    SERVER_ADDR=$(listening_on "$WORK/$name.log" "$SERVER_PID") || { log "$name node a did not start"; exit 1; }
+    local addrs=("$SERVER_ADDR")
+    cluster_args=(--cpu-pid "redis=$redis_pid")
+    if ((nodes == 2)); then
+        : >"$b_log"
+        taskset -c "$SERVER_CPU" "$WSCHAT" "${wschat_flags[@]}" "${node_flags[@]}" --node-id b "${extra_wschat[@]}" \
+            2>>"$b_log" >/dev/null &
+        local b_pid=$! b_addr
+        CLUSTER_PIDS+=("$b_pid")
+        b_addr=$(listening_on "$b_log" "$b_pid") || { log "$name node b did not start"; exit 1; }
+        addrs+=("$b_addr")
+        cluster_args+=(--also-url "ws://$b_addr/" --also-pid "$b_pid")
+    fi
+    # Ready once every node reaches Redis.
+    for addr in "${addrs[@]}"; do
         for _ in $(seq 100); do
             curl -fs "http://$addr/healthz" >/dev/null 2>&1 && break
             sleep 0.05
         done
     done
-    cluster_args=(--also-url "ws://$b_addr/" --also-pid "$b_pid" --cpu-pid "redis=$redis_pid")
 }
 # nginx terminating TLS in front of plain wschat: deploy/nginx.conf and deploy/nginx-wschat.conf as
 # they are, but for the addresses (a free loopback port, no IPv6, no port 80) and the certificate.
@@ -190,7 +198,8 @@ start_server() {
         wschat-eager) cmd=("$WSCHAT" "${wschat_flags[@]}" --max-write-delay-ms 0 "${extra_wschat[@]}") ;;
         wschat-tls) cmd=("$WSCHAT" "${wschat_flags[@]}" --tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem" "${extra_wschat[@]}") ;;
         nginx-tls) cmd=("$WSCHAT" "${wschat_flags[@]}" --trusted-proxy 127.0.0.1/32 "${extra_wschat[@]}") ;;
-        wschat-cluster) start_cluster; return 0 ;;
+        wschat-redis) start_cluster 1 "$name"; return 0 ;;
+        wschat-cluster) start_cluster 2 "$name"; return 0 ;;
         tokio-ct) cmd=("$TOKIO_CHAT" --bind 127.0.0.1:0 --runtime current-thread --max-connections 15000 "${extra_tokio[@]}") ;;
         tokio-mt) cmd=("$TOKIO_CHAT" --bind 127.0.0.1:0 --runtime multi-thread --max-connections 15000 "${extra_tokio[@]}") ;;
         # node cannot raise its own open-files limit; the shell does, then becomes node (same pid).
@@ -275,6 +284,7 @@ runs_case() {
     case $1 in
         wschat-eager) [[ $2 == fanout-1000 ]] ;;
         wschat-tls | nginx-tls) [[ $2 == tls-* || $2 == fanout-60 || $2 == fanout-1000 ]] ;;
+        wschat-redis) [[ $2 == fanout-1000 ]] ;;
         wschat-cluster) [[ $2 == fanout-* ]] ;;
         *) true ;;
     esac
@@ -353,12 +363,13 @@ cat >"$WORK/meta.json" <<JSON
 JSON
 
 "$LOADGEN" report --runs "$RUNS" --meta "$WORK/meta.json" --reference wschat \
-    --variant wschat-eager --variant wschat-cluster --out "$OUT_DIR/bench-results.json" --svg "$OUT_DIR/bench.svg" \
+    --variant wschat-eager --variant wschat-redis --variant wschat-cluster --out "$OUT_DIR/bench-results.json" --svg "$OUT_DIR/bench.svg" \
     --target fanout-60:server_cpu_us_per_delivery:ratio\<=0.8 \
     --target fanout-1000:server_cpu_us_per_delivery:ratio\<=0.8 \
     --target fanout-ramp:max_sustained_deliveries_per_sec:ratio\>=1.5 \
     --target idle-10k:rss_per_connection_bytes:value\<=2048 \
     --target idle-10k:connections_per_sec:ratio\>=1.0 \
+    --target fanout-1000:server_cpu_us_per_delivery:wschat-redis/wschat\<=1.2 \
     --target fanout-60:server_cpu_us_per_delivery:wschat-cluster/wschat\<=1.2 \
     --target fanout-1000:server_cpu_us_per_delivery:wschat-cluster/wschat\<=1.2
 echo

@@ -38,6 +38,14 @@ pub trait Outbox {
     /// be sent to anyone: every recipient would be dropped as a slow reader.
     fn max_frame_bytes(&self) -> usize;
 
+    /// Stops reading from `connection` until `release`: its frames wait in the kernel's buffer,
+    /// and TCP slows the client down. For a handler that cannot keep up with one client (the
+    /// cluster, while that client's requests wait for Redis). Writing and heartbeats go on.
+    fn hold(&mut self, _connection: Token) {}
+
+    /// Reads from a held connection again (within this loop iteration).
+    fn release(&mut self, _connection: Token) {}
+
     /// Asks for one `Handler::on_timer` call at `unix_ms` (or soon after: the timer wheel's tick
     /// is 10 ms), replacing any earlier request. The deadline lives on the reactor's timer wheel,
     /// like every other.

@@ -33,9 +33,17 @@
 //!   resume, DMs, routing), its JSON wire format in [`chat::protocol`], its rooms kept for a while
 //!   after their last member left, its bounded history, its rate limiter and its page.
 //! - [`cluster`]: many processes sharing rooms through Redis (`--redis`): a handler of its own
-//!   that shares the chat's rules; its Redis connections on the same loop (`cluster/redis.rs`,
-//!   `cluster/link.rs`, RESP in `cluster/resp.rs`), the script that changes shared state
-//!   (`cluster/ops.lua`), and each node's replicas of its members' rooms (`cluster/replica.rs`).
+//!   that shares the chat's rules.
+//!   - `cluster/members.rs`: members arriving, leaving and asking; each request one script call.
+//!   - `cluster/ops.lua`: the script, one atomic operation per change to shared state.
+//!   - `cluster/replies.rs`: the answers to those calls; `cluster/sync.rs`: what arrives on the
+//!     subscribed channels, (re)connects, beats and probes.
+//!   - `cluster/replica.rs`: a node's copy of each of its members' rooms, kept by the room's
+//!     events, mended from a snapshot after a gap; `cluster/greeting.rs`: welcomes from Redis's
+//!     state.
+//!   - `cluster/redis.rs`: the two Redis connections on the loop, timed and retried;
+//!     `cluster/link.rs`: one non-blocking connection; `cluster/resp.rs`: RESP2 via
+//!     `redis-protocol`; `cluster/wire.rs`: envelopes and room states read back.
 //! - [`http`]: request-head parsing and responses for the pre-WebSocket stage.
 //! - [`proxy`]: the client's address behind a trusted proxy (`Forwarded`, `X-Forwarded-For`).
 //! - [`auth`]: signed tokens (JWT, HS256): checking them against a secret, and making them.

@@ -709,6 +709,131 @@ fn a_node_whose_subscription_is_refused_still_serves_but_reports_unhealthy_until
     bob.assert_nothing_pending();
 }
 
+#[test]
+fn history_in_redis_keeps_the_latest_messages_within_count_and_bytes_and_goes_with_the_ttl() {
+    let redis = RedisServer::start();
+    // --max-send-buffer 16384: a welcome carries at most 8,192 bytes of history.
+    let flags = ["--history", "5", "--history-ttl", "1", "--max-send-buffer", "16384"];
+    let a = start_node(&redis, "kept", "a", &flags);
+    let integer = |reply: String| reply.trim_start_matches(':').trim_end().parse::<i64>().unwrap();
+    let (mut alice, welcome) = a.join("/?name=alice&room=k");
+    let epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    for index in 0..8 {
+        alice.send_json(
+            json!({"type": "message", "text": format!("short {index}"), "id": format!("s{index}")}),
+        );
+        alice.recv_type("ack");
+    }
+    assert_eq!(integer(redis.command(&["XLEN", "kept:history:k"])), 5, "--history messages");
+    let long = "x".repeat(3000);
+    for index in 0..4 {
+        alice.send_json(json!({"type": "message", "text": long, "id": format!("l{index}")}));
+        alice.recv_type("ack");
+    }
+    assert_eq!(
+        integer(redis.command(&["XLEN", "kept:history:k"])),
+        2,
+        "two 3 KB events fit in 8 KB, three do not"
+    );
+    let (newcomer, welcome) = a.join("/?room=k");
+    let seqs: Vec<u64> = welcome["history"].as_array().unwrap().iter().map(seq).collect();
+    assert_eq!(seqs, vec![11, 12]);
+
+    // The last member leaves: the room is kept for --history-ttl (1 s), then Redis forgets it.
+    drop((newcomer, alice));
+    let give_up = Instant::now() + RECOVERY;
+    while integer(redis.command(&["EXISTS", "kept:meta:k", "kept:history:k"])) > 0 {
+        assert!(Instant::now() < give_up, "the room outlived --history-ttl");
+        thread::sleep(Duration::from_millis(50)); // Polling Redis: expiry sends no event.
+    }
+    let (_, back) = a.join(&format!("/?room=k&since=12&epoch={epoch}"));
+    assert_eq!((&back["recovered"], &back["seq"]), (&json!(false), &json!(0)));
+    assert_ne!(back["epoch"], json!(epoch), "a forgotten room comes back with a new epoch");
+}
+
+#[test]
+fn a_member_pipelining_faster_than_redis_answers_is_slowed_down_and_loses_nothing() {
+    let redis = RedisServer::start();
+    let mut a = start_node(&redis, "pipeline", "a", &[]);
+    let (mut alice, _) = a.join("/?name=alice&room=p");
+    let (mut bob, _) = a.join("/?name=bob&room=p");
+    alice.recv_type("joined");
+    // Redis stops answering (for well under the 2 s reply timeout): after 64 of alice's 100
+    // messages the node stops reading from her, and the rest wait in the kernel's buffers.
+    redis.kill("STOP");
+    for index in 0..100 {
+        alice.send_json(json!({"type": "message", "text": format!("m {index}"), "id": format!("m{index}")}));
+    }
+    a.wait_for_log("64 requests wait for Redis");
+    redis.kill("CONT");
+    for index in 0..100 {
+        let ack = alice.recv_json();
+        assert_eq!(
+            (&ack["type"], &ack["id"], &ack["seq"]),
+            (&json!("ack"), &json!(format!("m{index}")), &json!(index + 1)),
+            "every message acked once, in order"
+        );
+        assert_eq!(bob.recv_type("message")["text"], format!("m {index}"));
+    }
+    alice.assert_nothing_pending();
+}
+
+#[test]
+fn a_node_presumed_dead_comes_back_with_its_members_and_a_name_taken_meanwhile_is_given_up() {
+    let redis = RedisServer::start();
+    let timeout = ["--node-timeout", "2"];
+    let a = start_node(&redis, "comeback", "a", &timeout);
+    let b = start_node(&redis, "comeback", "b", &timeout);
+    let (mut alice, alice_welcome) = a.join("/?name=alice&room=r");
+    let alice_id = alice_welcome["id"].clone();
+    let (mut bob, _) = b.join("/?name=bob&room=r");
+    alice.recv_type("joined");
+    // Node a stops (as a paused VM would) for longer than its timeout: b announces alice gone.
+    a.signal("STOP");
+    let left = recv_type_by(&mut bob, "left", Instant::now() + Duration::from_secs(2 + 3));
+    assert_eq!(left["user"]["id"], alice_id);
+    let (_carol, carol_welcome) = b.join("/?name=alice&room=elsewhere");
+    assert_eq!(carol_welcome["name"], "alice", "the presumed-dead node's names are free");
+    a.signal("CONT");
+    // Node a notices on its next beat, tells Redis its members again: alice's name is carol's now.
+    let error = recv_type_by(&mut alice, "error", Instant::now() + RECOVERY);
+    assert_eq!(error["code"], "name_taken", "{error}");
+    let rejoined = recv_type_by(&mut bob, "joined", Instant::now() + RECOVERY);
+    assert_eq!(rejoined["user"]["id"], alice_id);
+    let guest = rejoined["user"]["name"].clone();
+    assert!(is_guest_name(&guest), "{rejoined}");
+    alice.send_json(json!({"type": "message", "text": "still here", "id": "back"}));
+    assert!(alice.recv_type("ack")["seq"].as_u64().is_some());
+    let heard = recv_type_by(&mut bob, "message", Instant::now() + RECOVERY);
+    assert_eq!((&heard["from"]["id"], &heard["from"]["name"]), (&alice_id, &guest));
+}
+
+#[test]
+fn history_outlives_every_wschat_process() {
+    let redis = RedisServer::start();
+    let mut a = start_node(&redis, "outlive", "a", &[]);
+    let (mut alice, welcome) = a.join("/?name=alice&room=h");
+    let epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    for index in 1..=3 {
+        alice.send_json(
+            json!({"type": "message", "text": format!("kept {index}"), "id": format!("k{index}")}),
+        );
+        alice.recv_type("ack");
+    }
+    a.signal("TERM");
+    assert!(a.wait_for_exit(DEADLINE).success());
+    // Every process is gone; a new one resumes from Redis, within --history-ttl.
+    let b = start_node(&redis, "outlive", "b", &[]);
+    let (_, resumed) = b.join(&format!("/?room=h&since=1&epoch={epoch}"));
+    assert_eq!(
+        (&resumed["recovered"], &resumed["epoch"], &resumed["seq"]),
+        (&json!(true), &json!(epoch), &json!(3))
+    );
+    let texts: Vec<&str> =
+        resumed["history"].as_array().unwrap().iter().map(|event| event["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["kept 2", "kept 3"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------

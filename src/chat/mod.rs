@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use mio::Token;
 
+use crate::auth::Identity;
 use crate::handler::{CloseCode, Handler, Message, Outbox, Refusal, RequestHead, Stats};
 use history::HistoryLimit;
 pub use names::{MAX_NAME_CHARS, MAX_ROOM_CHARS};
@@ -183,36 +184,12 @@ impl Chat {
         };
         let id = self.next_id;
         self.next_id += 1;
-        let mut problems = Vec::new();
-
-        let name = match (&identity, query.name) {
-            // A token's name wins over the query's.
-            (Some(identity), _) => {
-                self.claim_name(&identity.name, out);
-                identity.name.clone()
-            }
-            (None, Some(name)) => match self.check_name(&name, None) {
-                Ok(()) => name,
-                Err(rejection) => {
-                    problems.push(rejection);
-                    guest_name(id)
-                }
-            },
-            (None, None) => guest_name(id),
-        };
-        let room = match query.room.map(|room| check_room(&room).map(|()| room)) {
-            Some(Ok(room)) => room,
-            Some(Err(rejection)) => {
-                problems.push(rejection);
-                DEFAULT_ROOM.to_owned()
-            }
-            None => DEFAULT_ROOM.to_owned(),
-        };
-        let room = match &identity {
-            Some(identity) => Chat::allowed_room(identity, room, &mut problems),
-            None => room,
-        };
-
+        let Arrival { name, room, problems } =
+            arrival(query.name, query.room, identity.as_ref(), id, |name| self.check_name(name, None));
+        if let Some(identity) = &identity {
+            // A token's name wins over the query's, and over whoever holds it.
+            self.claim_name(&identity.name, out);
+        }
         self.names.insert(name.clone(), token);
         let allowance = self.rate_limit.map(|limit| TokenBucket::full(limit, now));
         let signed = identity.map(|identity| self.token_deadlines.track(token, identity, now));
@@ -433,6 +410,53 @@ impl Handler for Chat {
     fn respond(&mut self, request: &RequestHead, stats: &Stats) -> Option<Vec<u8>> {
         web::respond(&self.figures(), request, stats)
     }
+}
+
+/// What a new member gets of what it asked for on its upgrade URL (or what its token says).
+pub(crate) struct Arrival {
+    pub name: String,
+    pub room: String,
+    /// What was refused, to be sent after the welcome.
+    pub problems: Vec<Rejection>,
+}
+
+/// The name and room of new member `id`: its token's name, else the query's if `check_name`
+/// allows it, else a guest name; the query's room if it is a valid one (and, for a signed member,
+/// one its token allows), else the lobby (or the token's first room). Both the standalone chat and
+/// the cluster take their members in through here; only `check_name` differs (the cluster checks
+/// the shape here and who holds the name in Redis).
+pub(crate) fn arrival(
+    name: Option<String>,
+    room: Option<String>,
+    identity: Option<&Identity>,
+    id: u64,
+    check_name: impl FnOnce(&str) -> Result<(), Rejection>,
+) -> Arrival {
+    let mut problems = Vec::new();
+    let name = match (identity, name) {
+        (Some(identity), _) => identity.name.clone(),
+        (None, Some(name)) => match check_name(&name) {
+            Ok(()) => name,
+            Err(rejection) => {
+                problems.push(rejection);
+                guest_name(id)
+            }
+        },
+        (None, None) => guest_name(id),
+    };
+    let room = match room.map(|room| check_room(&room).map(|()| room)) {
+        Some(Ok(room)) => room,
+        Some(Err(rejection)) => {
+            problems.push(rejection);
+            DEFAULT_ROOM.to_owned()
+        }
+        None => DEFAULT_ROOM.to_owned(),
+    };
+    let room = match identity {
+        Some(identity) => Chat::allowed_room(identity, room, &mut problems),
+        None => room,
+    };
+    Arrival { name, room, problems }
 }
 
 /// Sends `rejection` as an `error` event, echoing the id of the request it answers.

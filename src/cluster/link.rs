@@ -10,6 +10,23 @@ use mio::{Interest, Registry, Token};
 
 use super::resp::{Replies, Reply, encode_command};
 
+/// What the Redis layer (`redis.rs`) needs of a connection: [`Link`] is the real one; its unit
+/// tests drive a scripted one, so timeouts, failures and reconnects are tested without a Redis.
+pub trait Transport {
+    /// Starts connecting, without blocking.
+    fn connect(&mut self, addr: SocketAddr, registry: &Registry) -> io::Result<()>;
+    fn is_connected(&self) -> bool;
+    /// Drops the connection and whatever is queued on it.
+    fn close(&mut self, registry: &Registry);
+    /// Queues a command.
+    fn send(&mut self, args: &[&[u8]]) -> io::Result<()>;
+    /// The socket is ready: replies that arrived go into `replies`; `Ok(true)` the moment the
+    /// connect completes.
+    fn on_ready(&mut self, registry: &Registry, replies: &mut Vec<Reply>) -> io::Result<bool>;
+    /// Writes what is queued, until done or `WouldBlock`.
+    fn flush(&mut self, registry: &Registry) -> io::Result<()>;
+}
+
 /// Most bytes of commands a link holds unwritten. Redis reads far faster than one node writes;
 /// a link this far behind means Redis is stuck, and the link is given up.
 const MAX_UNWRITTEN_BYTES: usize = 64 * 1024 * 1024;
@@ -40,8 +57,29 @@ impl Link {
         }
     }
 
+    fn read(&mut self, replies: &mut Vec<Reply>) -> io::Result<()> {
+        let Some(stream) = self.stream.as_mut() else { return Ok(()) };
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => return Err(io::Error::new(ErrorKind::UnexpectedEof, "Redis closed the connection")),
+                Ok(read) => {
+                    self.replies.extend(&chunk[..read]).map_err(io::Error::other)?;
+                    while let Some(reply) = self.replies.next_reply().map_err(io::Error::other)? {
+                        replies.push(reply);
+                    }
+                }
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+impl Transport for Link {
     /// Starts connecting (without blocking); `on_ready` says when it is done.
-    pub fn connect(&mut self, addr: SocketAddr, registry: &Registry) -> io::Result<()> {
+    fn connect(&mut self, addr: SocketAddr, registry: &Registry) -> io::Result<()> {
         self.close(registry);
         let mut stream = TcpStream::connect(addr)?;
         registry.register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE)?;
@@ -50,12 +88,12 @@ impl Link {
         Ok(())
     }
 
-    pub fn is_connected(&self) -> bool {
+    fn is_connected(&self) -> bool {
         self.connected
     }
 
     /// Drops the connection and everything queued on it.
-    pub fn close(&mut self, registry: &Registry) {
+    fn close(&mut self, registry: &Registry) {
         if let Some(mut stream) = self.stream.take() {
             let _ = registry.deregister(&mut stream);
         }
@@ -66,7 +104,7 @@ impl Link {
     }
 
     /// Queues a command; `flush` writes it.
-    pub fn send(&mut self, args: &[&[u8]]) -> io::Result<()> {
+    fn send(&mut self, args: &[&[u8]]) -> io::Result<()> {
         if self.unwritten.len() > MAX_UNWRITTEN_BYTES {
             return Err(io::Error::other(format!(
                 "Redis has not read {} bytes of commands",
@@ -79,7 +117,7 @@ impl Link {
 
     /// The socket is ready: finishes connecting if it was, reads every reply that has arrived
     /// (into `replies`) and writes what it can. `Ok(true)` the moment the connect completes.
-    pub fn on_ready(&mut self, registry: &Registry, replies: &mut Vec<Reply>) -> io::Result<bool> {
+    fn on_ready(&mut self, registry: &Registry, replies: &mut Vec<Reply>) -> io::Result<bool> {
         let Some(stream) = self.stream.as_mut() else { return Ok(false) };
         let mut just_connected = false;
         if !self.connected {
@@ -102,28 +140,9 @@ impl Link {
         Ok(just_connected)
     }
 
-    fn read(&mut self, replies: &mut Vec<Reply>) -> io::Result<()> {
-        let Some(stream) = self.stream.as_mut() else { return Ok(()) };
-        let mut chunk = [0u8; READ_CHUNK];
-        loop {
-            match stream.read(&mut chunk) {
-                Ok(0) => return Err(io::Error::new(ErrorKind::UnexpectedEof, "Redis closed the connection")),
-                Ok(read) => {
-                    self.replies.extend(&chunk[..read]).map_err(io::Error::other)?;
-                    while let Some(reply) = self.replies.next_reply().map_err(io::Error::other)? {
-                        replies.push(reply);
-                    }
-                }
-                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
-            }
-        }
-    }
-
     /// Writes queued commands until done or `WouldBlock`, asking for WRITABLE only while some
     /// are left.
-    pub fn flush(&mut self, registry: &Registry) -> io::Result<()> {
+    fn flush(&mut self, registry: &Registry) -> io::Result<()> {
         let Some(stream) = self.stream.as_mut() else { return Ok(()) };
         if !self.connected {
             return Ok(());

@@ -165,9 +165,11 @@ local function reap(n)
   redis.call('HDEL', node_tag, n)
 end
 
+-- The node beats: it is presumed alive until `timeout_ms` from now. Returns {1 if it was not in
+-- the set (it had been presumed dead and reaped, or Redis forgot it), the nodes it reaped}.
 local function beat(timeout_ms)
   local now = now_ms()
-  redis.call('ZADD', nodes, now + timeout_ms, node)
+  local was_missing = redis.call('ZADD', nodes, now + timeout_ms, node)
   local reaped = {}
   for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', now)) do
     if dead ~= node and redis.call('ZREM', nodes, dead) == 1 then
@@ -175,7 +177,7 @@ local function beat(timeout_ms)
       reaped[#reaped + 1] = dead
     end
   end
-  return reaped
+  return { was_missing, reaped }
 end
 
 if op == 'enter' then

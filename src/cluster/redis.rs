@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use log::{debug, info, warn};
 use mio::{Registry, Token};
 
-use super::link::Link;
+use super::link::{Link, Transport};
 use super::resp::{Reply, text};
 use crate::handler::HANDLER_SOURCES;
 
@@ -47,7 +47,8 @@ pub enum Event<T> {
     Message(Vec<u8>, Vec<u8>),
     /// These commands failed: never sent, or in flight when the connection was lost.
     Failed(Vec<T>),
-    /// Both connections were dropped (a `Failed` with what was in flight came first).
+    /// Both connections were dropped (a `Failed` with what was in flight, if anything was, came
+    /// first).
     Lost,
     /// The subscriber connection alone was dropped (Redis killed it, or it stopped delivering):
     /// it is reconnected at once; whatever it missed, the rooms' stored state has.
@@ -61,12 +62,12 @@ pub enum Health {
     Down(String),
 }
 
-pub struct Redis<T> {
+pub struct Redis<T, L: Transport = Link> {
     addr: SocketAddr,
     db: u32,
     registry: Option<Registry>,
-    commands: Link,
-    subscriber: Link,
+    commands: L,
+    subscriber: L,
     /// Commands sent on the commands connection and not answered yet, oldest first, with when
     /// each was sent. `None` for the connection's own (SELECT, SCRIPT LOAD).
     in_flight: VecDeque<(Option<T>, u64)>,
@@ -91,12 +92,19 @@ pub struct Redis<T> {
 
 impl<T> Redis<T> {
     pub fn new(addr: SocketAddr, db: u32) -> Redis<T> {
+        Redis::with_transports(addr, db, Link::new(COMMANDS), Link::new(SUBSCRIBER))
+    }
+}
+
+impl<T, L: Transport> Redis<T, L> {
+    /// Connections of another kind than [`Link`] (the tests').
+    pub fn with_transports(addr: SocketAddr, db: u32, commands: L, subscriber: L) -> Redis<T, L> {
         Redis {
             addr,
             db,
             registry: None,
-            commands: Link::new(COMMANDS),
-            subscriber: Link::new(SUBSCRIBER),
+            commands,
+            subscriber,
             in_flight: VecDeque::new(),
             subscriber_waiting_since: None,
             subscriber_unanswered: 0,
@@ -128,6 +136,11 @@ impl<T> Redis<T> {
 
     pub fn subscriber_ready(&self) -> bool {
         self.subscriber.is_connected()
+    }
+
+    /// Commands waiting for their replies.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Whether any command is waiting for its reply.
@@ -377,7 +390,9 @@ impl<T> Redis<T> {
             debug!("cluster: still unavailable: {reason}; retrying in {delay} ms");
         }
         self.health = Health::Down(reason);
-        events.push(Event::Failed(failed));
+        if !failed.is_empty() {
+            events.push(Event::Failed(failed));
+        }
         events.push(Event::Lost);
     }
 }
@@ -386,5 +401,230 @@ fn bytes_of(reply: Option<Reply>) -> Vec<u8> {
     match reply {
         Some(Reply::BulkString(bytes) | Reply::SimpleString(bytes)) => bytes,
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::io;
+    use std::rc::Rc;
+
+    use mio::Poll;
+
+    use super::*;
+
+    /// One side of a scripted connection: what the layer sent, and what "Redis" says next.
+    #[derive(Default)]
+    struct Wire {
+        sent: Vec<Vec<String>>,
+        replies: Vec<Reply>,
+        connects: usize,
+        /// The next `on_ready` fails with this.
+        break_next: Option<io::ErrorKind>,
+    }
+
+    /// A connection that completes its connect on the first readiness and delivers what the
+    /// test put on its wire.
+    struct Scripted {
+        wire: Rc<RefCell<Wire>>,
+        connecting: bool,
+        connected: bool,
+    }
+
+    impl Transport for Scripted {
+        fn connect(&mut self, _addr: SocketAddr, _registry: &Registry) -> io::Result<()> {
+            self.wire.borrow_mut().connects += 1;
+            (self.connecting, self.connected) = (true, false);
+            Ok(())
+        }
+
+        fn is_connected(&self) -> bool {
+            self.connected
+        }
+
+        fn close(&mut self, _registry: &Registry) {
+            (self.connecting, self.connected) = (false, false);
+        }
+
+        fn send(&mut self, args: &[&[u8]]) -> io::Result<()> {
+            let command = args.iter().map(|arg| String::from_utf8_lossy(arg).into_owned()).collect();
+            self.wire.borrow_mut().sent.push(command);
+            Ok(())
+        }
+
+        fn on_ready(&mut self, _registry: &Registry, replies: &mut Vec<Reply>) -> io::Result<bool> {
+            let mut wire = self.wire.borrow_mut();
+            if let Some(kind) = wire.break_next.take() {
+                return Err(io::Error::new(kind, "scripted failure"));
+            }
+            let just_connected = self.connecting && !self.connected;
+            self.connected |= self.connecting;
+            replies.append(&mut wire.replies);
+            Ok(just_connected)
+        }
+
+        fn flush(&mut self, _registry: &Registry) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Harness {
+        redis: Redis<u32, Scripted>,
+        commands: Rc<RefCell<Wire>>,
+        subscriber: Rc<RefCell<Wire>>,
+        events: Vec<Event<u32>>,
+        _poll: Poll,
+    }
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    impl Harness {
+        /// Both connections up and the script loaded, at time 0.
+        fn ready() -> Harness {
+            let wire = || Rc::new(RefCell::new(Wire::default()));
+            let (commands, subscriber) = (wire(), wire());
+            let scripted = |wire: &Rc<RefCell<Wire>>| Scripted {
+                wire: wire.clone(),
+                connecting: false,
+                connected: false,
+            };
+            let mut redis = Redis::with_transports(
+                "127.0.0.1:6379".parse().unwrap(),
+                0,
+                scripted(&commands),
+                scripted(&subscriber),
+            );
+            let poll = Poll::new().unwrap();
+            redis.attach(poll.registry().try_clone().unwrap());
+            let mut harness = Harness { redis, commands, subscriber, events: Vec::new(), _poll: poll };
+            harness.tick(0);
+            harness.ready_at(0);
+            harness
+        }
+
+        fn ready_at(&mut self, now: u64) {
+            self.commands.borrow_mut().replies.push(Reply::BulkString(SHA.as_bytes().to_vec()));
+            self.redis.on_source(COMMANDS, now, &mut self.events);
+            self.redis.on_source(SUBSCRIBER, now, &mut self.events);
+            let events = self.take();
+            assert!(events.iter().any(|event| matches!(event, Event::CommandsReady)));
+            assert!(events.iter().any(|event| matches!(event, Event::SubscriberReady)));
+        }
+
+        fn tick(&mut self, now: u64) {
+            self.redis.tick(now, &mut self.events);
+        }
+
+        fn take(&mut self) -> Vec<Event<u32>> {
+            std::mem::take(&mut self.events)
+        }
+    }
+
+    /// What happened, briefly: the tags of replies and failures, and the connection events.
+    fn summary(events: &[Event<u32>]) -> Vec<String> {
+        events
+            .iter()
+            .map(|event| match event {
+                Event::CommandsReady => "commands ready".to_owned(),
+                Event::SubscriberReady => "subscriber ready".to_owned(),
+                Event::Reply(tag, _) => format!("reply {tag}"),
+                Event::Subscribed(channel) => format!("subscribed {}", String::from_utf8_lossy(channel)),
+                Event::Message(..) => "message".to_owned(),
+                Event::Failed(tags) => format!("failed {tags:?}"),
+                Event::Lost => "lost".to_owned(),
+                Event::SubscriberLost => "subscriber lost".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_script_is_loaded_first_and_commands_then_go_out_as_evalsha() {
+        let mut harness = Harness::ready();
+        assert_eq!(harness.commands.borrow().sent[0][..2], ["SCRIPT", "LOAD"]);
+        harness.redis.eval(1, &[b"say", b"x"], 5, &mut harness.events);
+        assert_eq!(harness.commands.borrow().sent[1], ["EVALSHA", SHA, "0", "say", "x"]);
+        harness.commands.borrow_mut().replies.push(Reply::Integer(4));
+        harness.redis.on_source(COMMANDS, 6, &mut harness.events);
+        assert_eq!(summary(&harness.take()), ["reply 1"]);
+    }
+
+    #[test]
+    fn a_reply_that_never_comes_fails_its_command_at_the_timeout_and_the_node_retries() {
+        let mut harness = Harness::ready();
+        harness.redis.set_up();
+        harness.redis.eval(7, &[b"say"], 100, &mut harness.events);
+        harness.tick(100 + REPLY_TIMEOUT_MS - 1);
+        assert!(harness.take().is_empty(), "not yet");
+        assert_eq!(harness.redis.next_deadline(), Some(100 + REPLY_TIMEOUT_MS));
+        harness.tick(100 + REPLY_TIMEOUT_MS);
+        assert_eq!(summary(&harness.take()), ["failed [7]", "lost"]);
+        assert!(matches!(harness.redis.health(), Health::Down(reason) if reason.contains("did not answer")));
+        assert!(!harness.redis.commands_ready());
+        // The first retry comes 50 to 100 ms later, on both connections.
+        let retry = harness.redis.next_deadline().unwrap();
+        assert!((2150..=2200).contains(&retry), "{retry}");
+        harness.tick(retry);
+        assert_eq!((harness.commands.borrow().connects, harness.subscriber.borrow().connects), (2, 2));
+        harness.ready_at(retry);
+        assert!(harness.redis.commands_ready());
+    }
+
+    #[test]
+    fn a_connection_lost_mid_command_answers_what_came_and_fails_the_rest_in_order() {
+        let mut harness = Harness::ready();
+        for tag in 1..=3 {
+            harness.redis.eval(tag, &[b"say"], 10, &mut harness.events);
+        }
+        harness.commands.borrow_mut().replies.push(Reply::Integer(1));
+        harness.redis.on_source(COMMANDS, 11, &mut harness.events);
+        harness.commands.borrow_mut().break_next = Some(io::ErrorKind::ConnectionReset);
+        harness.redis.on_source(COMMANDS, 12, &mut harness.events);
+        assert_eq!(summary(&harness.take()), ["reply 1", "failed [2, 3]", "lost"]);
+        // Nothing is sent on a dropped connection: a command now fails at once.
+        harness.redis.eval(4, &[b"say"], 13, &mut harness.events);
+        assert_eq!(summary(&harness.take()), ["failed [4]"]);
+    }
+
+    #[test]
+    fn a_subscriber_that_stops_answering_is_replaced_alone_and_at_once() {
+        let mut harness = Harness::ready();
+        harness.redis.subscriber_command(&[b"SUBSCRIBE", b"a", b"b"], 0, &mut harness.events);
+        harness.subscriber.borrow_mut().replies.push(Reply::Array(vec![
+            Reply::BulkString(b"subscribe".to_vec()),
+            Reply::BulkString(b"a".to_vec()),
+            Reply::Integer(1),
+        ]));
+        harness.redis.on_source(SUBSCRIBER, 1, &mut harness.events);
+        assert_eq!(summary(&harness.take()), ["subscribed a"]);
+        // The confirmation for b never comes.
+        harness.tick(1 + REPLY_TIMEOUT_MS);
+        assert_eq!(summary(&harness.take()), ["subscriber lost"]);
+        assert!(harness.redis.commands_ready(), "commands go on");
+        assert_eq!(harness.redis.next_deadline(), Some(1 + REPLY_TIMEOUT_MS), "retried at once");
+        harness.tick(1 + REPLY_TIMEOUT_MS);
+        assert_eq!((harness.commands.borrow().connects, harness.subscriber.borrow().connects), (1, 2));
+    }
+
+    #[test]
+    fn a_redis_that_forgot_the_script_is_reconnected_to_load_it_again() {
+        let mut harness = Harness::ready();
+        harness.redis.eval(9, &[b"say"], 1, &mut harness.events);
+        harness.commands.borrow_mut().replies.push(Reply::Error("NOSCRIPT No matching script".into()));
+        harness.redis.on_source(COMMANDS, 2, &mut harness.events);
+        assert_eq!(summary(&harness.take()), ["failed [9]", "lost"]);
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_five_seconds_with_jitter_in_its_upper_half() {
+        let mut harness = Harness::ready();
+        let mut bound = FIRST_BACKOFF_MS;
+        for _ in 0..12 {
+            harness.redis.fail("scripted", 0, &mut harness.events);
+            let delay = harness.redis.next_deadline().unwrap();
+            assert!((bound / 2..=bound).contains(&delay), "{delay} not within {bound}/2..={bound}");
+            bound = (bound * 2).min(MAX_BACKOFF_MS);
+        }
+        assert_eq!(bound, MAX_BACKOFF_MS);
     }
 }

@@ -5,10 +5,13 @@
 use mio::Token;
 use serde_json::{Value, json};
 
+use super::greeting::{PLACEHOLDER, greeting, split_at_placeholder};
 use super::replica::{Applied, Replica, Roster};
 use super::wire::{RoomEnvelope, RoomEvent, Snapshot, User};
 use super::*;
+use crate::chat::protocol::{Event, MessageView, Resume, UserView};
 use crate::chat::tests::Recorder;
+use crate::handler::Frame;
 
 fn message(seq: u64, from: u64) -> String {
     json!({"type": "message", "room": "r", "seq": seq, "from": {"id": from, "name": "x"}, "text": "t", "ts": 1})
@@ -147,6 +150,8 @@ fn member(room: &str) -> Member {
         entry: None,
         allowance: None,
         signed: None,
+        in_flight: 0,
+        held: false,
     }
 }
 

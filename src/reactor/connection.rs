@@ -51,6 +51,9 @@ pub struct Connection {
     /// Whether a failed write already asked for this connection to be ended; further sends to it
     /// are skipped until the reactor gets to it.
     pub ending_queued: bool,
+    /// Whether the handler asked to stop reading from it (`Outbox::hold`): its frames wait in
+    /// the kernel's receive buffer, and TCP slows the client, until `Outbox::release`.
+    pub held: bool,
     /// Whether this connection was admitted as a WebSocket and counts against
     /// `--max-connections` (from the moment its upgrade request is accepted until it is freed).
     pub counted: bool,
@@ -149,6 +152,7 @@ impl Connection {
             wants_writable: false,
             flush_queued: false,
             ending_queued: false,
+            held: false,
             counted: false,
         }
     }

@@ -68,6 +68,9 @@ pub struct Connections {
     pub to_end: Vec<(Token, Ending)>,
     /// Connections that are `Done`, whose slots are freed at the end of the iteration.
     pub finished: Vec<Token>,
+    /// Held connections the handler released this iteration: they are read again before its
+    /// end (edge-triggered readiness will not say again that their data is waiting).
+    pub to_release: Vec<Token>,
     /// Connections counted against `--max-connections`.
     pub websockets: usize,
     /// The same, per client address, for `--max-connections-per-ip` (addresses with none are
@@ -102,6 +105,7 @@ impl Connections {
             to_flush: Vec::new(),
             to_end: Vec::new(),
             finished: Vec::new(),
+            to_release: Vec::new(),
             websockets: 0,
             per_address: HashMap::new(),
             unix_time_ms: 0,
@@ -266,6 +270,19 @@ impl Outbox for Connections {
     fn max_frame_bytes(&self) -> usize {
         // What `Socket::queue_frame` accepts into an empty queue.
         self.queue_limit().saturating_sub(CHUNK_OVERHEAD)
+    }
+
+    fn hold(&mut self, to: Token) {
+        if let Some(connection) = self.slab.get_mut(to.0) {
+            connection.held = true;
+        }
+    }
+
+    fn release(&mut self, to: Token) {
+        if let Some(connection) = self.slab.get_mut(to.0).filter(|connection| connection.held) {
+            connection.held = false;
+            self.to_release.push(to);
+        }
     }
 
     fn wake_at(&mut self, unix_ms: u64) {

@@ -234,8 +234,19 @@ impl<H: Handler> Reactor<H> {
             }
         }
         self.fire_deadlines();
-        self.handler.end_of_iteration(&mut self.connections);
-        self.settle();
+        // Connections released this iteration are read now, and what the handler made of their
+        // frames goes out with the rest of the iteration's work.
+        loop {
+            while let Some(token) = self.connections.to_release.pop() {
+                self.read_until_would_block(token);
+                self.connections.queue_flush(token);
+            }
+            self.handler.end_of_iteration(&mut self.connections);
+            self.settle();
+            if self.connections.to_release.is_empty() {
+                break;
+            }
+        }
         if self.pacing.is_due(self.connections.now) && !self.connections.to_flush.is_empty() {
             let started = Instant::now();
             self.flush_queued();
@@ -293,7 +304,10 @@ impl<H: Handler> Reactor<H> {
             Phase::Request(_) => self.read_request(token),
             Phase::Handshake(_) => self.resume_handshake(token),
             Phase::Open(_) | Phase::Closing(_) => {
-                self.read_until_would_block(token);
+                // A held connection's frames wait in the kernel until the handler releases it.
+                if !connection.held {
+                    self.read_until_would_block(token);
+                }
                 // The event may also mean the socket is writable again.
                 self.connections.queue_flush(token);
             }
@@ -304,10 +318,14 @@ impl<H: Handler> Reactor<H> {
         }
     }
 
-    /// Reads frames until `WouldBlock`, handing each complete message to the handler.
+    /// Reads frames until `WouldBlock` (or until the handler holds the connection), handing each
+    /// complete message to the handler.
     fn read_until_would_block(&mut self, token: Token) {
         loop {
             let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+            if connection.held {
+                return;
+            }
             let open = matches!(connection.phase, Phase::Open(_));
             let (Phase::Open(websocket) | Phase::Closing(websocket)) = &mut connection.phase else { return };
             let read = websocket.read();
