@@ -22,6 +22,17 @@
 # on the `ws` package (benches/node-ws; needs node and npm). Ratios compare wschat with the best
 # of the others.
 #
+# TLS=1 runs the TLS comparison instead (opt-in, about 6 minutes): wschat-tls, wschat serving
+# wss:// itself (--tls-cert/--tls-key, a throwaway ECDSA P-256 certificate from
+# examples/tls_cert.rs); nginx-tls, plain wschat behind nginx terminating TLS with deploy/nginx.conf
+# and deploy/nginx-wschat.conf (only addresses and certificate paths changed; one nginx process,
+# on the server's core beside wschat, its CPU and memory added to wschat's); and plain wschat. The
+# cases: tls-handshakes (5,000 connections, each in its own room: TLS handshake, upgrade, welcome),
+# tls-idle-5k (5,000 idle connections in rooms of 100; 10,000 would take nginx past the 20,000
+# descriptors a process may hold here), fanout-60 and fanout-1000. Also rustls alone on this
+# machine (loadgen tls-handshakes, in memory), to hold the handshake rate against. Writes
+# docs/bench-tls.json and prints the table with the targets of issue 15. Needs nginx.
+#
 # Environment: REPS (default 3), SERVERS (default "wschat wschat-eager wschat-redis wschat-cluster tokio-ct tokio-mt"), QUICK=1 (short
 # windows, results under /tmp unless OUT_DIR is set), OUT_DIR (default docs/), SERVER_CPU (0),
 # LOADGEN_CPU (1), WSCHAT_FLAGS (extra wschat flags), TOKIO_FLAGS (extra tokio-chat flags),
@@ -33,7 +44,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/benches/loadgen"
 REPS=${REPS:-3}
 QUICK=${QUICK:-0}
-SERVERS=${SERVERS:-"wschat wschat-eager wschat-redis wschat-cluster tokio-ct tokio-mt"}
+TLS=${TLS:-0}
+if [[ $TLS == 1 ]]; then
+    SERVERS=${SERVERS:-"wschat wschat-tls nginx-tls"}
+else
+    SERVERS=${SERVERS:-"wschat wschat-eager wschat-redis wschat-cluster tokio-ct tokio-mt"}
+fi
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 if [[ $QUICK == 1 ]]; then OUT_DIR=${OUT_DIR:-/tmp/wschat-bench-quick}; else OUT_DIR=${OUT_DIR:-$ROOT/docs}; fi
@@ -49,14 +65,24 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 log "building wschat (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin wschat)
 log "building loadgen and tokio-chat (release)"
-CARGO_TARGET_DIR="$BENCH/target" cargo build --release --quiet --manifest-path "$BENCH/Cargo.toml"
+# LOADGEN_TARGET_DIR: where the load generator is built (default benches/loadgen/target).
+BENCH_TARGET=${LOADGEN_TARGET_DIR:-$BENCH/target}
+CARGO_TARGET_DIR="$BENCH_TARGET" cargo build --release --quiet --manifest-path "$BENCH/Cargo.toml"
 if [[ " $SERVERS " == *" node-ws "* ]]; then
     log "installing the Node.js baseline's packages"
     (cd "$ROOT/benches/node-ws" && npm ci --no-audit --no-fund --loglevel=error)
 fi
-WSCHAT="$ROOT/target/release/wschat"
-TOKIO_CHAT="$BENCH/target/release/tokio-chat"
-LOADGEN="$BENCH/target/release/loadgen"
+WSCHAT="${CARGO_TARGET_DIR:-$ROOT/target}/release/wschat"
+TOKIO_CHAT="$BENCH_TARGET/release/tokio-chat"
+LOADGEN="$BENCH_TARGET/release/loadgen"
+if [[ $TLS == 1 ]]; then
+    log "making a throwaway certificate (examples/tls_cert.rs)"
+    TLS_DIR="$WORK/tls"
+    (cd "$ROOT" && cargo run --release --quiet --example tls_cert -- "$TLS_DIR")
+    command -v nginx >/dev/null || { log "TLS=1 needs nginx (apt-get install nginx)"; exit 1; }
+    # nginx holds two descriptors per client (the client's and wschat's).
+    ulimit -n "$(ulimit -Hn)"
+fi
 
 # wschat flags: no history (the baseline keeps none), no heartbeat during a run, room for 10,000
 # idle connections, no rate limit (if this version has one).
@@ -121,13 +147,57 @@ start_cluster() {
         done
     done
 }
+# nginx terminating TLS in front of plain wschat: deploy/nginx.conf and deploy/nginx-wschat.conf as
+# they are, but for the addresses (a free loopback port, no IPv6, no port 80) and the certificate.
+start_nginx_tls() {
+    local dir="$WORK/nginx" port redirect_port upstream=$1
+    rm -rf "$dir"; mkdir -p "$dir"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    redirect_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    sed -e "s|server 127.0.0.1:9001;|server $upstream;|" \
+        -e "s|listen 80;|listen 127.0.0.1:$redirect_port;|" -e "s|listen 443 ssl;|listen 127.0.0.1:$port ssl;|" \
+        -e '/listen \[::\]/d' \
+        -e "s|/etc/ssl/wschat/fullchain.pem|$TLS_DIR/cert.pem|" -e "s|/etc/ssl/wschat/privkey.pem|$TLS_DIR/key.pem|" \
+        -e "s|include /etc/nginx/snippets/wschat.conf;|include $ROOT/deploy/nginx-wschat.conf;|" \
+        "$ROOT/deploy/nginx.conf" >"$dir/site.conf"
+    cat >"$dir/nginx.conf" <<NGINX
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile 19000;
+events { worker_connections 18000; }
+http {
+access_log off;
+client_body_temp_path $dir/client_body;
+proxy_temp_path $dir/proxy;
+fastcgi_temp_path $dir/fastcgi;
+uwsgi_temp_path $dir/uwsgi;
+scgi_temp_path $dir/scgi;
+include $dir/site.conf;
+}
+NGINX
+    # One process (no master, one worker's work), on the server's core beside wschat.
+    taskset -c "$SERVER_CPU" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+        -g 'daemon off; master_process off;' >"$dir/output.log" 2>&1 &
+    local nginx_pid=$!
+    for _ in $(seq 100); do
+        (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        kill -0 "$nginx_pid" 2>/dev/null || { log "nginx did not start:"; cat "$dir/error.log" "$dir/output.log" >&2; exit 1; }
+        sleep 0.05
+    done
+    CLUSTER_PIDS=("$nginx_pid")
+    SERVER_URL="wss://127.0.0.1:$port/"
+    cluster_args=(--tls-ca "$TLS_DIR/ca.pem" --cpu-pid "nginx=$nginx_pid")
+}
 start_server() {
     local name=$1 logfile="$WORK/$1.log"
     local cmd
     cluster_args=()
+    SERVER_URL=""
     case $name in
         wschat) cmd=("$WSCHAT" "${wschat_flags[@]}" "${extra_wschat[@]}") ;;
         wschat-eager) cmd=("$WSCHAT" "${wschat_flags[@]}" --max-write-delay-ms 0 "${extra_wschat[@]}") ;;
+        wschat-tls) cmd=("$WSCHAT" "${wschat_flags[@]}" --tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem" "${extra_wschat[@]}") ;;
+        nginx-tls) cmd=("$WSCHAT" "${wschat_flags[@]}" --trusted-proxy 127.0.0.1/32 "${extra_wschat[@]}") ;;
         wschat-redis) start_cluster 1 "$name"; return 0 ;;
         wschat-cluster) start_cluster 2 "$name"; return 0 ;;
         tokio-ct) cmd=("$TOKIO_CHAT" --bind 127.0.0.1:0 --runtime current-thread --max-connections 15000 "${extra_tokio[@]}") ;;
@@ -140,8 +210,14 @@ start_server() {
     : >"$logfile"
     taskset -c "$SERVER_CPU" "${cmd[@]}" 2>>"$logfile" >/dev/null &
     SERVER_PID=$!
-    SERVER_ADDR=$(listening_on "$logfile" "$SERVER_PID") && return 0
-    log "$name did not start:"; cat "$logfile" >&2; exit 1
+    if ! SERVER_ADDR=$(listening_on "$logfile" "$SERVER_PID"); then
+        log "$name did not start:"; cat "$logfile" >&2; exit 1
+    fi
+    case $name in
+        wschat-tls) SERVER_URL="wss://$SERVER_ADDR/"; cluster_args=(--tls-ca "$TLS_DIR/ca.pem") ;;
+        nginx-tls) start_nginx_tls "$SERVER_ADDR" ;;
+    esac
+    return 0
 }
 stop_server() {
     local pid
@@ -170,9 +246,15 @@ case_args() {
         fanout-ramp) echo fanout --receivers 1000 --publishers 1 "${ramp[@]}" --rates 100,200,400,800,1600,3200,6400,12800 ;;
         chat-100) echo chat --clients 100 --rate 500 "${fixed[@]}" ;;
         idle-10k) echo idle --connections 10000 --room-size 100 --concurrency 200 --hold 1 ;;
+        tls-handshakes) echo idle --connections 5000 --room-size 1 --concurrency 200 --hold 0.5 ;;
+        tls-idle-5k) echo idle --connections 5000 --room-size 100 --concurrency 200 --hold 1 ;;
     esac
 }
-CASES=${CASES:-"fanout-60 fanout-1000 fanout-ramp chat-100 idle-10k"}
+if [[ $TLS == 1 ]]; then
+    CASES=${CASES:-"tls-handshakes tls-idle-5k fanout-60 fanout-1000"}
+else
+    CASES=${CASES:-"fanout-60 fanout-1000 fanout-ramp chat-100 idle-10k"}
+fi
 
 # Busy jiffies (user, nice, system, irq, softirq) of the whole machine.
 busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
@@ -201,6 +283,7 @@ busy=$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 > 20 {printf "%s%s (%s%%)", sep
 runs_case() {
     case $1 in
         wschat-eager) [[ $2 == fanout-1000 ]] ;;
+        wschat-tls | nginx-tls) [[ $2 == tls-* || $2 == fanout-60 || $2 == fanout-1000 ]] ;;
         wschat-redis) [[ $2 == fanout-1000 ]] ;;
         wschat-cluster) [[ $2 == fanout-* ]] ;;
         *) true ;;
@@ -222,7 +305,7 @@ for rep in $(seq "$REPS"); do
             wait_quiet
             start_server "$server"
             log "[$n/$total] rep $rep, $case_name, $server (pid $SERVER_PID, $SERVER_ADDR)"
-            if ! taskset -c "$LOADGEN_CPU" "$LOADGEN" "${args[@]}" --url "ws://$SERVER_ADDR/" "${cluster_args[@]}" \
+            if ! taskset -c "$LOADGEN_CPU" "$LOADGEN" "${args[@]}" --url "${SERVER_URL:-ws://$SERVER_ADDR/}" "${cluster_args[@]}" \
                 --server-pid "$SERVER_PID" --label "$server" --case "$case_name" --rep "$rep" --quiet >>"$RUNS"; then
                 log "run failed: $case_name against $server (server log below)"
                 tail -5 "$WORK/$server.log" >&2
@@ -232,6 +315,16 @@ for rep in $(seq "$REPS"); do
     done
 done
 elapsed=$(($(date +%s) - started_at))
+
+if [[ $TLS == 1 ]]; then
+    log "rustls alone on this machine (in memory, server side)"
+    taskset -c "$SERVER_CPU" "$LOADGEN" tls-handshakes --cert "$TLS_DIR/cert.pem" --key "$TLS_DIR/key.pem" \
+        --ca "$TLS_DIR/ca.pem" --seconds 3 >"$WORK/rustls.json"
+    python3 "$ROOT/benches/tls_report.py" "$RUNS" "$WORK/rustls.json" "$OUT_DIR/bench-tls.json" \
+        "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $(date -u +%Y-%m-%dT%H:%MZ); $(rustc --version); wschat $(git -C "$ROOT" rev-parse --short HEAD)"
+    echo "runs: $total in $((elapsed / 60)) min $((elapsed % 60)) s"
+    exit 0
+fi
 
 # --- report ------------------------------------------------------------------------------------
 lock_version() { awk -v name="$2" '$0 == "name = \"" name "\"" {getline; gsub(/"/, "", $3); print $3; exit}' "$1"; }

@@ -2,9 +2,11 @@
 //! message comes back unchanged. It is the chat server's event loop, unchanged, with a
 //! three-line handler plugged in and the limits raised for the suite's 16 MiB messages.
 //!
-//! `cargo run --release --example echo -- --bind 127.0.0.1:9002`
+//! `cargo run --release --example echo -- --bind 127.0.0.1:9002` (add `--tls-cert PEM --tls-key
+//! PEM` for wss://, as `AUTOBAHN_TLS=1 scripts/autobahn.sh` does)
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -21,6 +23,12 @@ struct Arguments {
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: log::LevelFilter,
+    /// Serve wss:// with this certificate chain (PEM), as the chat server's flag does.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 struct Echo;
@@ -53,6 +61,8 @@ fn main() -> ExitCode {
         read_buffer_bytes: 64 << 10,
         // Every echo is a round trip the suite waits for: write at once.
         max_write_delay_ms: 0,
+        tls_cert: arguments.tls_cert,
+        tls_key: arguments.tls_key,
         ..Config::default()
     };
     match Reactor::bind(&config, Echo).and_then(|mut reactor| reactor.run()) {

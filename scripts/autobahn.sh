@@ -15,10 +15,13 @@
 #   AUTOBAHN_EXPECT_REFERENCE=1|0   1 (default): also require tungstenite 0.30's
 #                                   exact NON-STRICT/INFORMATIONAL sets
 #   AUTOBAHN_TIMEOUT=600            seconds before the test run is abandoned
+#   AUTOBAHN_TLS=1                  over wss://: the echo example serves TLS with a throwaway
+#                                   certificate (examples/tls_cert.rs), and the same result as
+#                                   plain ws:// is required (wstest only)
 #
 # Everything downloaded or installed lives in .cache/autobahn/ (git-ignored),
 # so only the first run installs (wstest: 30-75 s); a run takes 15-25 s.
-# Reports: .cache/autobahn/reports/<runner>/index.html
+# Reports: .cache/autobahn/reports/<runner>/index.html (<runner>-wss/ over TLS)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,8 +40,12 @@ KOSOKU_CASES=301 # 12.*/13.* excluded
 RUNNER="${AUTOBAHN_RUNNER:-auto}"
 SERVER="${AUTOBAHN_SERVER:-}"
 SERVER="${SERVER#ws://}" # accept ws://host:port too
+SERVER="${SERVER#wss://}"
 SERVER="${SERVER%/}"
 EXPECT_REFERENCE="${AUTOBAHN_EXPECT_REFERENCE:-1}"
+TLS="${AUTOBAHN_TLS:-0}"
+SCHEME=ws
+[[ "$TLS" == 1 ]] && SCHEME=wss
 RUN_TIMEOUT="${AUTOBAHN_TIMEOUT:-600}"
 SERVER_START_TIMEOUT=60
 
@@ -239,7 +246,14 @@ print(exe)'
 
   # Port 0: the kernel picks a free port, the server logs which one it got.
   mkdir -p "$CACHE"
-  NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" "$echo_bin" --bind 127.0.0.1:0 >"$SERVER_LOG" 2>&1 &
+  tls_flags=()
+  if [[ "$TLS" == 1 ]]; then
+    log "making a throwaway certificate (examples/tls_cert.rs)"
+    (cd "$REPO_ROOT" && cargo run --quiet --release --example tls_cert -- "$CACHE/tls") ||
+      die "could not make a certificate"
+    tls_flags=(--tls-cert "$CACHE/tls/cert.pem" --tls-key "$CACHE/tls/key.pem")
+  fi
+  NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" "$echo_bin" --bind 127.0.0.1:0 "${tls_flags[@]}" >"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   port=""
   deadline=$((SECONDS + SERVER_START_TIMEOUT))
@@ -261,6 +275,7 @@ fi
 # --- run the suite ----------------------------------------------------------
 
 REPORT_DIR="$CACHE/reports/$RUNNER"
+[[ "$TLS" != 1 ]] || REPORT_DIR="$CACHE/reports/$RUNNER-wss"
 # A stale index.json from an earlier run must never pass for this one.
 rm -rf "$REPORT_DIR"
 mkdir -p "$REPORT_DIR"
@@ -279,18 +294,19 @@ case "$RUNNER" in
 {
   "options": {"failByDrop": true},
   "outdir": "$REPORT_DIR",
-  "servers": [{"agent": "wschat", "url": "ws://$SERVER"}],
+  "servers": [{"agent": "wschat", "url": "$SCHEME://$SERVER"}],
   "cases": ["*"],
   "exclude-cases": [],
   "exclude-agent-cases": {}
 }
 EOF
-    log "running wstest fuzzingclient against ws://$SERVER (15-25 s)"
+    log "running wstest fuzzingclient against $SCHEME://$SERVER (15-25 s)"
     (cd "$CACHE" && timeout --foreground --kill-after=10 "$RUN_TIMEOUT" \
       "${WSTEST[@]}" -m fuzzingclient -s "$config") >"$CACHE/wstest.log" 2>&1 ||
       runner_rc=$?
     ;;
   kosoku)
+    [[ "$TLS" != 1 ]] || die "AUTOBAHN_TLS=1 needs wstest (kosoku speaks ws:// only)"
     expected_cases=$KOSOKU_CASES
     # 12.*/13.* (permessage-deflate, which we don't offer) are left out. Its
     # -s config-file option is not implemented yet: selection is by flags.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command that checks everything: formatting, lints, unit and integration tests, the
-# deployment files, the Autobahn conformance suite and the browser end-to-end test. It installs
+# deployment files, the Autobahn conformance suite (ws:// and wss://) and the browser end-to-end
+# tests. It installs
 # what is missing, so a fresh machine needs nothing else (as root, for the Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,10 @@ step "unit and integration tests"
 if ! python3 -c 'import prometheus_client' 2>/dev/null; then
     python3 -m pip install --quiet prometheus-client
 fi
+# tests/tls.rs chats over wss:// with Python's ssl module and the websockets package.
+if ! python3 -c 'import websockets.sync.client' 2>/dev/null; then
+    python3 -m pip install --quiet websockets
+fi
 cargo test --release
 
 step "fuzzing: every cargo-fuzz target for 30 s from the corpus in fuzz/corpus"
@@ -52,6 +57,9 @@ cargo test --release --manifest-path benches/loadgen/Cargo.toml
 
 step "RFC 6455 conformance (Autobahn fuzzing client against examples/echo)"
 scripts/autobahn.sh
+
+step "the same over wss:// (examples/echo with --tls-cert and --tls-key), the same result required"
+AUTOBAHN_TLS=1 scripts/autobahn.sh
 
 step "browser end-to-end test"
 scripts/browser-test.sh

@@ -137,6 +137,16 @@ pub struct Config {
     #[arg(long, value_name = "MODE", env = "WSCHAT_AUTH", requires = "auth_secret_file")]
     pub auth: Option<AuthMode>,
 
+    /// A PEM file holding the server's certificate chain, the server's own certificate first.
+    /// With `--tls-key`, the listener speaks TLS: wss:// (and the page over https://). SIGHUP
+    /// reads both files again.
+    #[arg(long, value_name = "PEM", env = "WSCHAT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// A PEM file holding the private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", env = "WSCHAT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Bytes tungstenite reads per `read` call, allocated up front for every connection. Not a
     /// flag: 512 keeps an idle connection under 2 KiB in all and still reads a typical chat frame
     /// in one call; the echo example raises it for the conformance suite's 16 MiB messages.

@@ -12,11 +12,14 @@
 //!   - `reactor/pre_websocket.rs`: a connection's request, its routing, its HTTP response or its
 //!     handshake (resumed from tungstenite's `MidHandshake`).
 //!   - `reactor/deadlines.rs`: handshake, heartbeat and close deadlines.
-//!   - `reactor/shutdown.rs`: SIGINT and SIGTERM, and the graceful shutdown they start.
+//!   - `reactor/shutdown.rs`: SIGINT and SIGTERM, and the graceful shutdown they start; SIGHUP,
+//!     which reloads the TLS certificate.
 //!   - `reactor/route.rs`: what a complete request head becomes.
 //!   - `reactor/failure.rs`: the one place tungstenite errors are sorted.
-//!   - `reactor/socket.rs`: the TCP stream with the request head replayed in front and the output
+//!   - `reactor/socket.rs`: the stream with the request head replayed in front and the output
 //!     queue behind, counting bytes.
+//!   - `reactor/transport.rs`: the stream under it, TCP or TLS over TCP, plaintext in and out;
+//!     `reactor/tls_session.rs`: rustls's unbuffered session and the buffers kept for it.
 //!   - `reactor/outgoing.rs`: a connection's output queue (shared frames, own bytes), written
 //!     with `writev`.
 //!   - `reactor/pacing.rs`: when the loop writes: flush rounds paced by their cost.
@@ -47,6 +50,8 @@
 //! - [`metrics`]: `GET /metrics`, the reactor's counters and timings (and the handler's own
 //!   numbers) in the Prometheus text format, built per scrape with `prometheus-client`.
 //! - [`config`]: every command-line flag and the tungstenite settings derived from them.
+//! - [`tls`]: `--tls-cert` and `--tls-key`: the PEM files read and checked (chain, dates, key),
+//!   and the rustls configuration (ring) each new TLS connection starts from.
 //! - [`timer`]: the hashed timing wheel that holds every deadline (handshakes, heartbeats,
 //!   close handshakes, the handler's own wake-up) and tells `poll` how long it may sleep.
 //!
@@ -75,6 +80,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reactor;
 pub mod timer;
+pub mod tls;
 
 pub use chat::Chat;
 pub use config::Config;

@@ -81,6 +81,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A certificate or key that cannot serve (`Reactor::bind` says why).
+        Err(error) if error.get_ref().is_some_and(|source| source.is::<wschat::tls::Unusable>()) => {
+            error!("--tls-cert/--tls-key: {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             error!("wschat stopped: {error} (bind address {})", config.bind);
             ExitCode::FAILURE

@@ -33,6 +33,10 @@ pub struct Acceptor {
     /// on a listener that stays readable or leave clients hanging.
     spare: Option<File>,
     warnings: Throttle,
+    /// Whether sockets turned away here get a plain-text 503. Not on a TLS port: the client
+    /// would read it as a broken handshake, and a TLS handshake just to refuse would spend the
+    /// CPU that shedding is meant to save; they are closed instead.
+    refuse_in_plain_text: bool,
 }
 
 impl Acceptor {
@@ -68,7 +72,21 @@ impl Acceptor {
             max_sockets,
             spare,
             warnings: Throttle::new(Duration::from_secs(1)),
+            refuse_in_plain_text: true,
         })
+    }
+
+    /// The listener speaks TLS: sockets turned away here are closed without a response.
+    pub fn close_refusals(&mut self) {
+        self.refuse_in_plain_text = false;
+    }
+
+    /// Turns a socket away with a 503 (plain text only) and counts it.
+    fn turn_away(&self, stream: TcpStream, why: &str, refused: &mut Tally) {
+        if self.refuse_in_plain_text {
+            let _ = refuse(stream, &http::unavailable(why));
+        }
+        refused.add(503);
     }
 
     pub fn listener_mut(&mut self) -> Option<&mut TcpListener> {
@@ -100,8 +118,7 @@ impl Acceptor {
             match listener.accept() {
                 Ok((stream, peer)) if held >= self.max_sockets => {
                     self.warn(format_args!("holding {held} sockets, the most allowed; refusing {peer}"));
-                    let _ = refuse(stream, &http::unavailable("too many connections\n"));
-                    refused.add(503);
+                    self.turn_away(stream, "too many connections\n", refused);
                 }
                 Ok((stream, peer)) => {
                     // Chat frames are small and latency matters more than packet count; the
@@ -143,9 +160,7 @@ impl Acceptor {
         drop(spare);
         let shed = match listener.accept() {
             Ok((stream, _)) => {
-                let response = http::unavailable("server out of file descriptors\n");
-                let _ = refuse(stream, &response);
-                refused.add(503);
+                self.turn_away(stream, "server out of file descriptors\n", refused);
                 true
             }
             Err(_) => false,

@@ -15,6 +15,7 @@ use tungstenite::handshake::server::{NoCallback, ServerHandshake};
 use super::outgoing::Outgoing;
 use super::socket::Socket;
 use super::stats::Traffic;
+use super::transport::{TlsFailure, Transport, tls_failure};
 use crate::http::MAX_HEAD_BYTES;
 use crate::timer::TimerKey;
 
@@ -83,7 +84,7 @@ pub enum Phase {
 }
 
 pub struct RequestState {
-    pub stream: TcpStream,
+    pub stream: Transport,
     /// Bytes of the request head received so far.
     pub head: Vec<u8>,
 }
@@ -95,7 +96,7 @@ pub struct HandshakeState {
 }
 
 pub struct ReplyState {
-    pub stream: TcpStream,
+    pub stream: Transport,
     /// What is left to write.
     pub outgoing: Outgoing,
     /// The byte counters, when what is left is a WebSocket's (HTTP responses are not counted).
@@ -111,6 +112,10 @@ pub enum HeadRead {
     PeerClosed,
     /// The socket broke.
     Gone,
+    /// The client's first byte was not TLS on a TLS port: plain HTTP, most likely.
+    NotTls,
+    /// The TLS handshake failed; rustls's alert saying why is queued.
+    TlsRefused(String),
 }
 
 /// What a flush came to.
@@ -134,7 +139,7 @@ pub enum Flushed {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, peer: SocketAddr, serial: u64, now: Instant) -> Self {
+    pub fn new(stream: Transport, peer: SocketAddr, serial: u64, now: Instant) -> Self {
         let request = RequestState { stream, head: Vec::new() };
         Connection {
             phase: Phase::Request(Box::new(request)),
@@ -161,12 +166,12 @@ impl Connection {
     /// The TCP stream, whichever phase holds it (none once `Done`).
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
         match &mut self.phase {
-            Phase::Request(request) => Some(&mut request.stream),
+            Phase::Request(request) => Some(request.stream.tcp_mut()),
             Phase::Handshake(handshake) => Some(handshake.handshake.get_mut().get_mut().stream_mut()),
             Phase::Open(websocket) | Phase::Closing(websocket) | Phase::Failing(websocket) => {
                 Some(websocket.get_mut().stream_mut())
             }
-            Phase::Reply(reply) => Some(&mut reply.stream),
+            Phase::Reply(reply) => Some(reply.stream.tcp_mut()),
             Phase::Done => None,
         }
     }
@@ -184,7 +189,13 @@ impl RequestState {
                 Ok(count) => self.head.extend_from_slice(&chunk[..count]),
                 Err(error) if error.kind() == ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return HeadRead::Gone,
+                Err(error) => {
+                    return match tls_failure(&error) {
+                        Some(TlsFailure::NotTls) => HeadRead::NotTls,
+                        Some(TlsFailure::Refused(why)) => HeadRead::TlsRefused(why.to_string()),
+                        None => HeadRead::Gone,
+                    };
+                }
             }
         }
         HeadRead::Drained
@@ -206,15 +217,18 @@ impl ReplyState {
         // a reset, which can destroy the response before the peer reads it. The peer closes its
         // side once it has read the response (`Connection: close`), and `discard_input` sees that
         // (now, if the peer closed already: that end-of-file will not raise another event).
-        match self.stream.shutdown(Shutdown::Write) {
+        // With TLS, a `close_notify` goes first, and it too may have to wait for room.
+        match self.stream.shutdown_write() {
             Ok(()) => self.discard_input(),
+            Err(error) if error.kind() == ErrorKind::WouldBlock => Flushed::Blocked,
             Err(error) if error.kind() == ErrorKind::NotConnected => Flushed::Finished,
             Err(error) => Flushed::Failed(error.to_string()),
         }
     }
 
+    /// Whether everything is out, TLS records included.
     pub fn is_written(&self) -> bool {
-        self.outgoing.is_empty()
+        self.outgoing.is_empty() && !self.stream.has_pending_output()
     }
 
     /// Reads and drops whatever the peer still sends after its request, until `WouldBlock`.
@@ -252,8 +266,8 @@ mod tests {
     fn a_slot_stays_small() {
         // Every connection's slab slot has this size whatever its phase (the request, handshake
         // and reply states are boxed), and the README quotes it: 10,000 idle connections hold
-        // 10,000 slots.
+        // 10,000 slots. (528 bytes since the stream may carry TLS: a pointer to the boxed session.)
         let size = std::mem::size_of::<Connection>();
-        assert!(size <= 512, "a slot is {size} bytes");
+        assert!(size <= 544, "a slot is {size} bytes");
     }
 }

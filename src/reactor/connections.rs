@@ -86,6 +86,9 @@ pub struct Connections {
     pub handler_timer: Option<TimerKey>,
     /// The most bytes queued for one connection (`--max-send-buffer`).
     pub send_buffer_limit: usize,
+    /// The part of it a TLS connection keeps for the records rustls holds (`tls::send_reserve`);
+    /// 0 without TLS.
+    pub tls_reserve: usize,
     /// The serial the next accepted connection gets.
     next_serial: u64,
     /// Counters for `GET /stats` (the byte counts live in `traffic`).
@@ -110,10 +113,17 @@ impl Connections {
             timers: TimerWheel::new(TIMER_RESOLUTION, TIMER_SLOTS, now),
             handler_timer: None,
             send_buffer_limit,
+            tls_reserve: 0,
             next_serial: 0,
             stats: Stats::default(),
             traffic: Traffic::shared(),
         }
+    }
+
+    /// The most a connection's output queue may hold: `--max-send-buffer`, less what rustls may
+    /// hold for it with TLS.
+    pub fn queue_limit(&self) -> usize {
+        self.send_buffer_limit.saturating_sub(self.tls_reserve)
     }
 
     /// The serial for a new connection.
@@ -259,7 +269,7 @@ impl Outbox for Connections {
 
     fn max_frame_bytes(&self) -> usize {
         // What `Socket::queue_frame` accepts into an empty queue.
-        self.send_buffer_limit.saturating_sub(CHUNK_OVERHEAD)
+        self.queue_limit().saturating_sub(CHUNK_OVERHEAD)
     }
 
     fn hold(&mut self, to: Token) {

@@ -20,6 +20,8 @@ mod shutdown;
 mod socket;
 mod stats;
 mod throttle;
+mod tls_session;
+mod transport;
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use tungstenite::Message;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -35,6 +37,7 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use crate::config::Config;
 use crate::handler::{HANDLER_SOURCES, Handler};
 use crate::proxy::IpNet;
+use crate::tls::{self, Credentials};
 use accept::Acceptor;
 use connection::{Connection, Flushed, Phase, ReplyState};
 use connections::{Connections, Ending};
@@ -42,13 +45,14 @@ use deadlines::Timeouts;
 use failure::{Failure, classify};
 use pacing::FlushPacing;
 use throttle::Throttle;
+use transport::Transport;
 
 pub use stats::{Histogram, Stats, Tally};
 
 /// The listener's token. Connection tokens are slab keys, which count up from 0, so the
 /// listener and the signal pipe take the other end of the range.
 const LISTENER: Token = Token(usize::MAX);
-/// The token of the self-pipe that signal-hook writes to when SIGINT or SIGTERM arrives.
+/// The token of the self-pipe that signal-hook writes to when SIGINT, SIGTERM or SIGHUP arrives.
 const SIGNALS: Token = Token(usize::MAX - 1);
 
 /// How many readiness events one `poll` call may return.
@@ -64,9 +68,14 @@ enum Flow {
 pub struct Reactor<H> {
     poll: Poll,
     acceptor: Acceptor,
-    /// SIGINT and SIGTERM, delivered through a pipe registered in the same poll, so a signal is
-    /// just another event.
+    /// SIGINT, SIGTERM and SIGHUP, delivered through a pipe registered in the same poll, so a
+    /// signal is just another event.
     signals: Signals,
+    /// The listener's certificate and key (`--tls-cert`, `--tls-key`), reloaded on SIGHUP; `None`
+    /// for plain ws://.
+    tls: Option<Credentials>,
+    /// The most bytes rustls may hold encrypted for one connection (`tls::buffer_limit`).
+    tls_buffer_limit: usize,
     /// When a graceful shutdown must be over, once one has begun.
     shutdown_deadline: Option<Instant>,
     shutdown_timeout: Duration,
@@ -93,27 +102,47 @@ pub struct Reactor<H> {
 }
 
 impl<H: Handler> Reactor<H> {
-    /// Binds the listener and prepares the loop. Errors here are fatal to the server.
+    /// Binds the listener and prepares the loop. Errors here are fatal to the server; a TLS
+    /// certificate or key that cannot serve is an error whose source is a [`tls::Unusable`].
     pub fn bind(config: &Config, handler: H) -> io::Result<Self> {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let credentials = Credentials::new(cert.clone(), key.clone(), unix_time_seconds())
+                    .map_err(|problem| io::Error::other(tls::Unusable(problem)))?;
+                info!("TLS: serving wss:// with {}", credentials.describe());
+                Some(credentials)
+            }
+            _ => None,
+        };
         let poll = Poll::new()?;
         // Room beyond `--max-connections` for sockets still sending their request, so that
         // clients over the limit can be told 503 rather than left hanging.
         let max_sockets = config.max_connections.saturating_add(256);
         let mut acceptor =
             Acceptor::bind(config.bind, max_sockets, config.socket_send_buffer, config.reuse_port)?;
+        if tls.is_some() {
+            acceptor.close_refusals();
+        }
         if let Some(listener) = acceptor.listener_mut() {
             poll.registry().register(listener, LISTENER, Interest::READABLE)?;
         }
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        // SIGHUP reloads the certificate (`systemctl reload`); without TLS it is logged and
+        // ignored, rather than ending the process as it would by default.
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let started = Instant::now();
         let send_buffer_limit = config.max_send_buffer as usize;
         let mut connections = Connections::new(poll.registry().try_clone()?, started, send_buffer_limit);
+        if tls.is_some() {
+            connections.tls_reserve = tls::send_reserve(send_buffer_limit);
+        }
         connections.stats.start_time_unix_ms = unix_time_ms();
         Ok(Reactor {
             poll,
             acceptor,
             signals,
+            tls,
+            tls_buffer_limit: tls::buffer_limit(send_buffer_limit),
             shutdown_deadline: None,
             shutdown_timeout: config.shutdown_timeout,
             pacing: FlushPacing::new(Duration::from_millis(config.max_write_delay_ms), started),
@@ -241,7 +270,17 @@ impl<H: Handler> Reactor<H> {
             let serial = self.connections.next_serial();
             let entry = self.connections.slab.vacant_entry();
             let token = Token(entry.key());
-            let mut connection = Connection::new(stream, peer, serial, now);
+            let transport = match &self.tls {
+                None => Transport::plain(stream),
+                Some(credentials) => match credentials.session() {
+                    Ok(session) => Transport::tls(stream, session, self.tls_buffer_limit),
+                    Err(error) => {
+                        warn!("cannot start TLS for a connection from {peer}: {error}");
+                        continue;
+                    }
+                },
+            };
+            let mut connection = Connection::new(transport, peer, serial, now);
             let Some(stream) = connection.stream_mut() else { continue };
             if let Err(error) = self.poll.registry().register(stream, token, Interest::READABLE) {
                 warn!("cannot register a connection from {peer}: {error}");
@@ -487,6 +526,11 @@ impl<H: Handler> Reactor<H> {
             }
         }
     }
+}
+
+fn unix_time_seconds() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX)
 }
 
 fn unix_time_ms() -> u64 {

@@ -8,7 +8,7 @@ use tungstenite::WebSocket;
 use tungstenite::handshake::HandshakeError;
 
 use super::Reactor;
-use super::connection::{Flushed, HandshakeRole, HandshakeState, HeadRead, Phase, ReplyState};
+use super::connection::{Flushed, HandshakeRole, HandshakeState, HeadRead, Phase, ReplyState, RequestState};
 use super::connections::Ending;
 use super::outgoing::Outgoing;
 use super::route::{Route, fallback, route};
@@ -18,20 +18,39 @@ use crate::http::{self, RequestHead};
 use crate::proxy::client_address;
 
 impl<H: Handler> Reactor<H> {
-    /// Reads the request head; once complete, routes it.
+    /// Reads the request head (with TLS, doing the TLS handshake on the way); once complete,
+    /// routes it.
     pub(super) fn read_request(&mut self, token: Token) {
         let Some(Phase::Request(request)) = self.connections.slab.get_mut(token.0).map(|c| &mut c.phase)
         else {
             return;
         };
+        // The TLS handshake's own records, if the socket could not take them all last time.
+        if let Err(error) = request.stream.write_records()
+            && error.kind() != std::io::ErrorKind::WouldBlock
+        {
+            return self.end(token, Ending::Drop);
+        }
         let read = request.read_until_would_block();
+        // rustls's wants_write: records the socket has not taken wait for WRITABLE.
+        let blocked = request.stream.has_pending_output();
         let route = match read {
             HeadRead::Gone => return self.end(token, Ending::Drop),
+            HeadRead::NotTls => {
+                debug!("connection {}: not TLS on the TLS port; answering 400 in plain text", token.0);
+                return self.refuse_plain_text(token);
+            }
+            HeadRead::TlsRefused(why) => {
+                debug!("connection {}: TLS handshake failed: {why}", token.0);
+                // The alert rustls queued is all the client gets.
+                return self.reply(token, Vec::new());
+            }
             HeadRead::Drained | HeadRead::PeerClosed => {
                 let at_capacity = self.connections.websockets >= self.max_connections;
                 route(&request.head, &self.origins, at_capacity)
             }
         };
+        self.connections.set_writable(token, blocked);
         match (route, read) {
             // A WebSocket client never half-closes, and an incomplete head will not complete.
             (Route::Wait | Route::Upgrade(_), HeadRead::PeerClosed) => self.end(token, Ending::Drop),
@@ -121,14 +140,17 @@ impl<H: Handler> Reactor<H> {
         target: String,
         result: Result<WebSocket<Socket>, HandshakeError<HandshakeRole>>,
     ) {
+        let queue_limit = self.connections.queue_limit();
         let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
         match result {
             Ok(mut websocket) => {
-                websocket.get_mut().start_queueing(self.connections.send_buffer_limit);
+                websocket.get_mut().start_queueing(queue_limit);
                 let client = connection.client;
                 connection.phase = Phase::Open(websocket);
                 connection.last_activity = self.connections.now;
                 self.connections.set_writable(token, false);
+                // With TLS the 101 may still be records rustls holds; the flush writes them.
+                self.connections.queue_flush(token);
                 self.connections.arm(token, self.connections.now + self.timeouts.ping_interval);
                 debug!(
                     "connection {} from {client} opened a WebSocket at {}",
@@ -152,6 +174,17 @@ impl<H: Handler> Reactor<H> {
                 self.connections.release(token);
             }
         }
+    }
+
+    /// A client that sent plain HTTP (or garbage) to the TLS port: a 400 in plain text, which a
+    /// browser or curl shows, then the close.
+    fn refuse_plain_text(&mut self, token: Token) {
+        let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
+        let Phase::Request(request) = std::mem::replace(&mut connection.phase, Phase::Done) else { return };
+        let RequestState { stream, head } = *request;
+        connection.phase = Phase::Request(Box::new(RequestState { stream: stream.into_plain(), head }));
+        let body = "this port speaks TLS: use https:// or wss://\n";
+        self.refuse(token, http::plain(400, "Bad Request", body));
     }
 
     /// Switches the connection to answering a plain HTTP request with `response`.

@@ -1,9 +1,10 @@
-//! Graceful shutdown: the first SIGINT or SIGTERM stops the accepting and starts a close
-//! handshake with every client; the loop runs on until they are done or time is up. A second
-//! signal stops at once.
+//! Signals. Graceful shutdown: the first SIGINT or SIGTERM stops the accepting and starts a
+//! close handshake with every client; the loop runs on until they are done or time is up. A
+//! second signal stops at once. SIGHUP reloads the TLS certificate and key.
 
-use log::{info, warn};
+use log::{error, info, warn};
 use mio::Token;
+use signal_hook::consts::SIGHUP;
 
 use super::connection::Phase;
 use super::connections::Ending;
@@ -12,9 +13,15 @@ use crate::handler::{CloseCode, Handler};
 
 impl<H: Handler> Reactor<H> {
     /// SIGINT or SIGTERM: the first starts a graceful shutdown, a second one stops at once.
+    /// SIGHUP: the certificate and key are read again.
     pub(super) fn on_signals(&mut self) -> Flow {
         // Drain the pipe (edge-triggered, like every other source).
-        let count = self.signals.pending().count();
+        let signals: Vec<i32> = self.signals.pending().collect();
+        let hangups = signals.iter().filter(|&&signal| signal == SIGHUP).count();
+        if hangups > 0 {
+            self.reload_tls();
+        }
+        let count = signals.len() - hangups;
         if count == 0 {
             return Flow::Continue;
         }
@@ -24,6 +31,21 @@ impl<H: Handler> Reactor<H> {
         }
         self.begin_shutdown();
         Flow::Continue
+    }
+
+    /// Reads the certificate and key again from the same paths, for the connections accepted from
+    /// now on (certbot renews them in place). Open connections keep the session they have. A pair
+    /// that fails the checks is refused, and the one in use stays.
+    fn reload_tls(&mut self) {
+        let Some(credentials) = &mut self.tls else {
+            return info!("SIGHUP: nothing to reload (no --tls-cert)");
+        };
+        match credentials.reload(super::unix_time_seconds()) {
+            Ok(_) => info!("SIGHUP: TLS reloaded: {}", credentials.describe()),
+            Err(problem) => {
+                error!("SIGHUP: TLS not reloaded, keeping the certificate in use: {problem}")
+            }
+        }
     }
 
     /// Stops accepting, sends every client a close frame with 1001 "going away", and leaves the

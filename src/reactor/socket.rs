@@ -1,4 +1,4 @@
-//! A connection's TCP stream as tungstenite sees it. The request head that the reactor already
+//! A connection's stream (TCP, or TLS over it) as tungstenite sees it. The request head that the reactor already
 //! read (to route the request) is replayed first, then reads go to the socket. Once the WebSocket
 //! is open, writes go to the connection's [`Outgoing`] queue, which the reactor's flush writes
 //! with `writev` once per loop iteration.
@@ -8,16 +8,15 @@ use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::rc::Rc;
 
-use mio::net::TcpStream;
-
 use super::outgoing::{CHUNK_OVERHEAD, Outgoing};
 use super::stats::Traffic;
+use super::transport::Transport;
 use crate::frame::Frame;
 
-/// A non-blocking TCP stream with a replay buffer in front of its read side and a queue in
-/// front of its write side.
+/// A non-blocking stream with a replay buffer in front of its read side and a queue in front of
+/// its write side.
 pub struct Socket {
-    stream: TcpStream,
+    stream: Transport,
     /// Bytes read from the socket before the WebSocket handshake started: exactly the request
     /// head, which tungstenite's server handshake parses again. Empty (and unallocated) once
     /// replayed, which is every connection's state after its handshake.
@@ -55,7 +54,7 @@ impl fmt::Display for SendBufferFull {
 impl Error for SendBufferFull {}
 
 impl Socket {
-    pub fn new(stream: TcpStream, replay: Vec<u8>, traffic: Rc<Traffic>) -> Self {
+    pub fn new(stream: Transport, replay: Vec<u8>, traffic: Rc<Traffic>) -> Self {
         Socket { stream, replay, replayed: 0, outgoing: Outgoing::default(), queue_limit: None, traffic }
     }
 
@@ -77,11 +76,15 @@ impl Socket {
         Ok(())
     }
 
-    /// Writes the queue to the stream; `WouldBlock` if some of it has to wait for WRITABLE.
+    /// Writes the queue to the stream, and with TLS the records made of it; `WouldBlock` if
+    /// some of it has to wait for WRITABLE.
     fn write_queue(&mut self) -> io::Result<()> {
         let written = self.outgoing.write_to(&mut self.stream)?;
         self.traffic.add_out(written);
-        if self.outgoing.is_empty() { Ok(()) } else { Err(ErrorKind::WouldBlock.into()) }
+        if !self.outgoing.is_empty() {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        self.stream.write_records()
     }
 
     /// Whether one more chunk of `bytes` fits under the limit.
@@ -94,13 +97,13 @@ impl Socket {
 
     /// The stream, what is still queued for it, and the byte counters, once tungstenite is done
     /// with them.
-    pub fn into_parts(self) -> (TcpStream, Outgoing, Rc<Traffic>) {
+    pub fn into_parts(self) -> (Transport, Outgoing, Rc<Traffic>) {
         (self.stream, self.outgoing, self.traffic)
     }
 
-    /// The stream, for (re)registering with the poll.
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
+    /// The TCP stream, for (re)registering with the poll.
+    pub fn stream_mut(&mut self) -> &mut mio::net::TcpStream {
+        self.stream.tcp_mut()
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 pub mod redis;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -231,9 +232,9 @@ impl Drop for Server {
     }
 }
 
-/// A blocking WebSocket client with read deadlines.
-pub struct Client {
-    pub socket: WebSocket<TcpStream>,
+/// A blocking WebSocket client with read deadlines, over TCP or (`tls::TlsStream`) TLS.
+pub struct Client<S: Read + Write = TcpStream> {
+    pub socket: WebSocket<S>,
 }
 
 impl Client {
@@ -260,7 +261,9 @@ impl Client {
             Err(error) => panic!("WebSocket handshake: {error}"),
         }
     }
+}
 
+impl<S: Read + Write> Client<S> {
     pub fn send_text(&mut self, text: &str) {
         self.socket.send(Message::text(text)).expect("send a text frame");
     }

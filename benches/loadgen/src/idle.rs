@@ -26,6 +26,16 @@ pub struct IdleSpec {
     /// How long to hold the connections, quiet, before reading the server's memory.
     pub hold: Duration,
     pub server_pid: Option<u32>,
+    /// Other processes to measure alike, as LABEL=PID (`--cpu-pid`): a proxy in front.
+    pub others: Vec<(String, u32)>,
+}
+
+/// Another process's CPU while connecting and memory after, measured like the server's.
+#[derive(Debug, Clone, Serialize)]
+pub struct OtherIdleReport {
+    pub cpu_secs: Option<f64>,
+    pub cpu_us_per_connection: Option<f64>,
+    pub rss_per_connection_bytes: Option<f64>,
 }
 
 struct Tracker {
@@ -86,6 +96,8 @@ pub struct IdleReport {
     pub loadgen_cpu_share: f64,
     /// CPU used by everything else on the machine while connecting, in cores (noise).
     pub other_cpu_share: Option<f64>,
+    /// The processes given with `--cpu-pid`, by label.
+    pub others: BTreeMap<String, OtherIdleReport>,
 }
 
 pub fn run(target: &Target, spec: &IdleSpec, start: Instant) -> Result<IdleReport, String> {
@@ -105,6 +117,8 @@ pub fn run(target: &Target, spec: &IdleSpec, start: Instant) -> Result<IdleRepor
     let pid = spec.server_pid;
     let rss_before = pid.and_then(procfs::rss_kib);
     let server_cpu_before = pid.and_then(procfs::cpu_seconds);
+    let others_before: Vec<(Option<u64>, Option<f64>)> =
+        spec.others.iter().map(|(_, pid)| (procfs::rss_kib(*pid), procfs::cpu_seconds(*pid))).collect();
     let own_cpu_before = procfs::own_cpu_seconds();
     let machine_before = procfs::machine_busy_seconds();
     let started = Instant::now();
@@ -142,6 +156,8 @@ pub fn run(target: &Target, spec: &IdleSpec, start: Instant) -> Result<IdleRepor
     let connect_end = start + Duration::from_micros(tracker.last_welcome_us.max(engine.micros(started)));
     let connect_secs = connect_end.saturating_duration_since(started).as_secs_f64();
     let server_cpu_connected = pid.and_then(procfs::cpu_seconds);
+    let others_cpu_connected: Vec<Option<f64>> =
+        spec.others.iter().map(|(_, pid)| procfs::cpu_seconds(*pid)).collect();
     let own_cpu = procfs::own_cpu_seconds() - own_cpu_before;
     let own_wall = started.elapsed().as_secs_f64();
     let machine_connected = procfs::machine_busy_seconds();
@@ -155,6 +171,23 @@ pub fn run(target: &Target, spec: &IdleSpec, start: Instant) -> Result<IdleRepor
     let hold_secs = hold_start.elapsed().as_secs_f64();
     let rss_after = pid.and_then(procfs::rss_kib);
     let established = engine.upgraded.min(tracker.welcomed_count);
+    let welcomed = tracker.welcomed_count.max(1) as f64;
+    let others: BTreeMap<String, OtherIdleReport> = spec
+        .others
+        .iter()
+        .zip(others_before.iter().zip(&others_cpu_connected))
+        .map(|((label, pid), ((rss_before, cpu_before), cpu_after))| {
+            let cpu = cpu_before.zip(*cpu_after).map(|(before, after)| after - before);
+            let rss = rss_before.zip(procfs::rss_kib(*pid)).filter(|_| established > 0);
+            let report = OtherIdleReport {
+                cpu_secs: cpu,
+                cpu_us_per_connection: cpu.map(|cpu| cpu * 1e6 / welcomed),
+                rss_per_connection_bytes: rss
+                    .map(|(before, after)| (after as f64 - before as f64) * 1024.0 / established as f64),
+            };
+            (label.clone(), report)
+        })
+        .collect();
     engine.close_all();
 
     let server_cpu = match (server_cpu_before, server_cpu_connected) {
@@ -191,9 +224,11 @@ pub fn run(target: &Target, spec: &IdleSpec, start: Instant) -> Result<IdleRepor
         loadgen_cpu_share: own_cpu / own_wall.max(1e-9),
         other_cpu_share: match (server_cpu, machine_before, machine_connected) {
             (Some(server), Some(before), Some(after)) => {
-                Some(((after - before) - server - own_cpu).max(0.0) / own_wall.max(1e-9))
+                let others_cpu = others.values().filter_map(|other| other.cpu_secs).sum::<f64>();
+                Some(((after - before) - server - others_cpu - own_cpu).max(0.0) / own_wall.max(1e-9))
             }
             _ => None,
         },
+        others,
     })
 }

@@ -3,6 +3,7 @@
 //!
 //! Each run prints one JSON line on stdout (machine-readable) and a human table on stderr.
 
+mod handshakes;
 mod idle;
 mod net;
 mod plot;
@@ -41,6 +42,9 @@ enum Command {
     Chat(ChatArgs),
     /// Open N connections, wait for every welcome, measure connection rate and server memory.
     Idle(IdleArgs),
+    /// Full TLS handshakes with rustls alone, in memory: the server's cost per handshake on this
+    /// machine, to hold the server's TLS handshake rate against.
+    TlsHandshakes(handshakes::HandshakeArgs),
     /// Aggregate the JSON lines of several runs: side-by-side table, results file, SVG plot.
     Report(report::ReportArgs),
     /// Start wschat and hold it near its file limit for a long time under churn, chatter, a short
@@ -50,9 +54,13 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server URL, e.g. ws://127.0.0.1:9001/
+    /// Server URL, e.g. ws://127.0.0.1:9001/ or wss://localhost:9443/
     #[arg(long)]
     url: String,
+    /// For wss://: the CA certificate(s) to trust, in PEM (only these; the server's certificate
+    /// is checked for the URL's host).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
     /// The server's pid: adds its CPU time (/proc/PID/stat) and memory (/proc/PID/status).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -218,6 +226,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Idle(args) => run_idle(&args, start),
+        Command::TlsHandshakes(args) => handshakes::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Soak(args) => soak::run(&args, start),
     };
@@ -252,6 +261,20 @@ fn emit(record: &Value) {
 }
 
 /// The fanout's `--also-url` nodes, with their pids.
+impl Common {
+    /// The server to load, with its TLS settings for wss://.
+    fn target(&self) -> Result<Target, String> {
+        let mut target = Target::parse(&self.url, self.allow_non_loopback)?;
+        match (&self.tls_ca, target.secure) {
+            (Some(ca), true) => target.trust(ca)?,
+            (None, true) => return Err("a wss:// URL needs --tls-ca".to_owned()),
+            (Some(_), false) => return Err("--tls-ca is for wss:// URLs".to_owned()),
+            (None, false) => {}
+        }
+        Ok(target)
+    }
+}
+
 fn extra_nodes(args: &FanoutArgs, allow_non_loopback: bool) -> Result<Vec<ExtraNode>, String> {
     if !args.also_pids.is_empty() && args.also_pids.len() != args.also_urls.len() {
         return Err("give one --also-pid per --also-url, or none".to_owned());
@@ -276,7 +299,7 @@ fn run_room(
     mut params: Value,
     start: Instant,
 ) -> Result<(), String> {
-    let target = Target::parse(&common.url, common.allow_non_loopback)?;
+    let target = common.target()?;
     let (receivers, publishers, extra_nodes) = members;
     let spec = RoomSpec {
         receivers,
@@ -530,7 +553,7 @@ fn print_steps(steps: &[StepReport]) {
 
 fn run_idle(args: &IdleArgs, start: Instant) -> Result<(), String> {
     let common = &args.common;
-    let target = Target::parse(&common.url, common.allow_non_loopback)?;
+    let target = common.target()?;
     let spec = idle::IdleSpec {
         connections: args.connections,
         concurrency: common.concurrency,
@@ -538,6 +561,7 @@ fn run_idle(args: &IdleArgs, start: Instant) -> Result<(), String> {
         connect_timeout: Duration::from_secs_f64(common.connect_timeout),
         hold: Duration::from_secs_f64(args.hold),
         server_pid: common.server_pid,
+        others: common.cpu_pids.clone(),
     };
     let report = idle::run(&target, &spec, start)?;
     let params = json!({"connections": args.connections, "room_size": args.room_size,
@@ -569,6 +593,14 @@ fn run_idle(args: &IdleArgs, start: Instant) -> Result<(), String> {
             opt(report.server_cpu_us_per_connection, 1),
             report.server_idle_cpu_share.map_or("-".to_owned(), |s| format!("{:.1}%", s * 100.0))
         );
+        for (label, other) in &report.others {
+            eprintln!(
+                "  {label:<17} {} s connecting = {} us per connection; {} bytes per connection",
+                opt(other.cpu_secs, 2),
+                opt(other.cpu_us_per_connection, 1),
+                opt(other.rss_per_connection_bytes, 0)
+            );
+        }
         eprintln!(
             "  loadgen CPU       {:.2} s = {:.0}% of a core",
             report.loadgen_cpu_secs,

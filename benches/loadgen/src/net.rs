@@ -3,17 +3,27 @@
 //! out; unmasked text, ping, pong, close and continuation frames in). A timerfd gives the
 //! open-loop schedule sub-millisecond wake-ups (epoll's own timeout is in whole milliseconds).
 //!
+//! `wss://` URLs speak TLS through rustls's buffered client (`ClientConnection`), which the
+//! engine drives like the server drives its sessions: records in with `read_tls`, plaintext out of
+//! `reader`, plaintext in with `writer`, records out with `write_tls`, every loop until
+//! `WouldBlock`. The load generator's memory does not matter, so rustls keeps the buffers.
+//!
 //! The soak also misbehaves on purpose through it: raw bytes (half a request, half a frame, a
 //! frame no client may send), a socket that stops reading, a reset instead of a close.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use slab::Slab;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
@@ -23,19 +33,36 @@ const SCRATCH: usize = 256 * 1024;
 /// Largest frame accepted from a server (a welcome to a huge room can be big).
 const MAX_FRAME: usize = 64 * 1024 * 1024;
 
-/// Where to connect: `ws://host:port/path?query`.
+/// Where to connect: `ws://host:port/path?query` or `wss://...`.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
     /// Path and query as given, e.g. `/` or `/chat?x=1`.
     pub path: String,
+    /// Whether the URL is `wss://`.
+    pub secure: bool,
+    /// With `wss://`: whom to trust and which name to check (`trust`).
+    pub tls: Option<Tls>,
+}
+
+/// The client side of TLS: the configuration every connection starts from, and the name the
+/// server's certificate must carry.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
 }
 
 impl Target {
     pub fn parse(url: &str, allow_non_loopback: bool) -> Result<Target, String> {
-        let rest =
-            url.strip_prefix("ws://").ok_or_else(|| format!("`{url}`: only ws:// URLs are supported"))?;
+        let (secure, rest, default_port) = if let Some(rest) = url.strip_prefix("wss://") {
+            (true, rest, 443)
+        } else if let Some(rest) = url.strip_prefix("ws://") {
+            (false, rest, 80)
+        } else {
+            return Err(format!("`{url}`: only ws:// and wss:// URLs are supported"));
+        };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(at) => (&rest[..at], rest[at..].to_owned()),
             None => (rest, "/".to_owned()),
@@ -44,7 +71,7 @@ impl Target {
         let with_port = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{default_port}")
         };
         let addr = with_port
             .to_socket_addrs()
@@ -54,7 +81,30 @@ impl Target {
         if !addr.ip().is_loopback() && !allow_non_loopback {
             return Err(format!("{addr} is not a loopback address (use --allow-non-loopback to override)"));
         }
-        Ok(Target { addr, host: authority.to_owned(), path })
+        Ok(Target { addr, host: authority.to_owned(), path, secure, tls: None })
+    }
+
+    /// For `wss://`: trusts the certificates in `ca_pem` (only those) and checks the server's
+    /// certificate for the URL's host name (an address is checked as an address).
+    pub fn trust(&mut self, ca_pem: &Path) -> Result<(), String> {
+        let mut roots = RootCertStore::empty();
+        for certificate in rustls::pki_types::CertificateDer::pem_file_iter(ca_pem)
+            .map_err(|error| format!("{}: {error}", ca_pem.display()))?
+        {
+            let certificate = certificate.map_err(|error| format!("{}: {error}", ca_pem.display()))?;
+            roots.add(certificate).map_err(|error| format!("{}: {error}", ca_pem.display()))?;
+        }
+        let host = self.host.rsplit_once(':').map_or(self.host.as_str(), |(host, _)| host);
+        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+            .map_err(|error| format!("`{host}` is not a server name: {error}"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| error.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.tls = Some(Tls { config: Arc::new(config), name });
+        Ok(())
     }
 
     /// The request target with extra query parameters appended.
@@ -88,6 +138,8 @@ enum Phase {
 
 struct Conn {
     stream: TcpStream,
+    /// The TLS session, for `wss://`.
+    tls: Option<Box<ClientConnection>>,
     phase: Phase,
     /// Bytes read but not yet parsed (a partial frame or response head).
     rbuf: Vec<u8>,
@@ -210,12 +262,23 @@ impl Engine {
     /// for a 101, like `connect`.
     pub fn open(&mut self, first: Vec<u8>, options: Options) -> io::Result<usize> {
         let mut stream = self.new_stream(options)?;
+        let tls = match &self.target.tls {
+            Some(tls) => {
+                let mut session =
+                    ClientConnection::new(tls.config.clone(), tls.name.clone()).map_err(io::Error::other)?;
+                // The upgrade request waits in rustls until the handshake is done; no limit.
+                session.set_buffer_limit(None);
+                Some(Box::new(session))
+            }
+            None => None,
+        };
         let mask = (self.next_random() as u32).to_le_bytes();
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
         entry.insert(Conn {
             stream,
+            tls,
             phase: Phase::Upgrading,
             rbuf: Vec::new(),
             wbuf: first,
@@ -435,7 +498,7 @@ impl Engine {
             if conn.phase == Phase::Closed {
                 return;
             }
-            let n = match conn.stream.read(&mut self.scratch) {
+            let n = match conn_read(conn, &mut self.scratch) {
                 Ok(0) => return self.fail(key, "server closed the TCP connection", handler),
                 Ok(n) => n,
                 Err(error) if error.kind() == ErrorKind::WouldBlock => return,
@@ -492,7 +555,8 @@ impl Engine {
             }
             // A short read drained the socket: with edge-triggered epoll, data arriving after
             // this read raises a new event, so the extra read that would return EAGAIN is saved.
-            if n < self.scratch.len() {
+            // (Not through TLS: a short read of plaintext says nothing about the socket.)
+            if n < self.scratch.len() && conn.tls.is_none() {
                 return;
             }
         }
@@ -602,9 +666,65 @@ fn process(
     Ok(at)
 }
 
+/// Reads plaintext: from the socket, or through TLS (records in until there is plaintext, the
+/// end, or `WouldBlock`; the handshake's own records are written on the way).
+fn conn_read(conn: &mut Conn, buffer: &mut [u8]) -> io::Result<usize> {
+    let Some(tls) = &mut conn.tls else { return conn.stream.read(buffer) };
+    loop {
+        // `Ok(0)` after the server's close_notify, `UnexpectedEof` after a bare TCP close.
+        match tls.reader().read(buffer) {
+            Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+            result => return result,
+        }
+        match tls.read_tls(&mut conn.stream) {
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        }
+        tls.process_new_packets().map_err(|error| io::Error::new(ErrorKind::InvalidData, error))?;
+        match write_records(tls, &mut conn.stream) {
+            Err(error) if error.kind() != ErrorKind::WouldBlock => return Err(error),
+            _ => {}
+        }
+    }
+}
+
+/// Writes the records rustls holds until none is left or the socket would block.
+fn write_records(tls: &mut ClientConnection, stream: &mut TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Writes plaintext: to the socket, or into rustls (which takes it all) and its records on.
+fn conn_write(
+    stream: &mut TcpStream,
+    tls: &mut Option<Box<ClientConnection>>,
+    bytes: &[u8],
+) -> io::Result<usize> {
+    let Some(tls) = tls else { return stream.write(bytes) };
+    let taken = tls.writer().write(bytes)?;
+    match write_records(tls, stream) {
+        Err(error) if error.kind() != ErrorKind::WouldBlock => Err(error),
+        _ => Ok(taken),
+    }
+}
+
 fn flush_conn(conn: &mut Conn) -> io::Result<()> {
+    if let Some(tls) = &mut conn.tls {
+        match write_records(tls, &mut conn.stream) {
+            Ok(()) => {}
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::NotConnected) => {}
+            Err(error) => return Err(error),
+        }
+    }
     while conn.wpos < conn.wbuf.len() {
-        match conn.stream.write(&conn.wbuf[conn.wpos..]) {
+        match conn_write(&mut conn.stream, &mut conn.tls, &conn.wbuf[conn.wpos..]) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => conn.wpos += n,
             // Includes a connect still in progress.
@@ -696,5 +816,8 @@ mod tests {
         let target = Target::parse("ws://localhost:9001", false).unwrap();
         assert_eq!(target.with_query("room=r"), "/?room=r");
         assert!(Target::parse("ws://10.0.0.1:80/", false).is_err());
+        let target = Target::parse("wss://127.0.0.1/", false).unwrap();
+        assert!(target.secure && target.addr.port() == 443);
+        assert!(Target::parse("http://127.0.0.1/", false).is_err());
     }
 }

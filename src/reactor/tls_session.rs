@@ -1,0 +1,289 @@
+//! One TLS session on the reactor: rustls's unbuffered `ServerConnection` (a state machine
+//! without I/O: records in, plaintext and records to send out) and the buffers this file keeps for
+//! it, each freed as soon as it is empty. `transport.rs` calls it to read and write; the rest of the
+//! reactor never sees it.
+
+use std::io::{self, ErrorKind, Read, Write};
+
+use mio::net::TcpStream;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+
+use super::transport::{TlsFailure, refused};
+
+/// The first byte of every TLS connection: a handshake record (RFC 8446 section 5.1).
+const HANDSHAKE_RECORD: u8 = 0x16;
+/// How much room each read from the socket gets: a typical record, and half the largest.
+const READ_BYTES: usize = 8 * 1024;
+/// Received bytes past which no more are read until rustls takes some: one whole record, 16 KiB
+/// plus 256 and its 5-byte header (RFC 8446 section 5.2), which rustls takes as soon as it is
+/// complete. Only a handshake message spanning records would wait longer, joined in this buffer;
+/// a client's are a few KiB (a ClientHello with post-quantum key shares is under 2 KiB), so one
+/// larger than a record is refused here rather than held, up to rustls's own 64 KiB, for every
+/// socket a client opens. With the read's room, a connection holds at most about 24 KiB here.
+const MAX_INCOMING_BYTES: usize = 16 * 1024 + 256 + 5;
+/// The most plaintext in one record (RFC 8446 section 5.1).
+pub(super) const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
+
+/// A TLS connection's state: the session, its buffers, and how far it has come.
+pub(super) struct Tls {
+    pub(super) session: UnbufferedServerConnection,
+    pub(super) buffers: Buffers,
+    /// The most plaintext encrypted ahead of the socket (`tls::buffer_limit`).
+    pub(super) buffer_limit: usize,
+    /// Whether the client's first byte was looked at.
+    pub(super) first_byte_seen: bool,
+    /// Whether our `close_notify` is queued.
+    pub(super) close_notify_sent: bool,
+    /// The client's `close_notify` arrived: its stream has ended cleanly.
+    pub(super) peer_closed: bool,
+    /// The TCP stream ended (with or without `close_notify`).
+    pub(super) end_of_stream: bool,
+    /// rustls refused the connection; nothing more is read or encrypted.
+    pub(super) failed: bool,
+}
+
+/// The bytes on their way through TLS. Each is empty and unallocated when there is nothing in
+/// it, which is an idle connection's state.
+#[derive(Default)]
+pub(super) struct Buffers {
+    /// Records received and not yet taken by rustls: a partial record, between reads.
+    pub(super) incoming: Vec<u8>,
+    /// Plaintext decrypted and not yet read, from `plaintext_read` on.
+    pub(super) plaintext: Vec<u8>,
+    pub(super) plaintext_read: usize,
+    /// Records made and not yet taken by the socket, from `outgoing_written` on.
+    pub(super) outgoing: Vec<u8>,
+    pub(super) outgoing_written: usize,
+}
+
+/// Where rustls stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rest {
+    /// The handshake needs more from the client.
+    NeedInput,
+    /// Application data may be sent.
+    Traffic,
+    /// Both sides have sent `close_notify`.
+    Closed,
+}
+
+impl Tls {
+    /// A session that encrypts at most `buffer_limit` bytes ahead of the socket.
+    pub(super) fn new(session: UnbufferedServerConnection, buffer_limit: usize) -> Self {
+        Tls {
+            session,
+            buffers: Buffers::default(),
+            buffer_limit: buffer_limit.min(MAX_RECORD_PLAINTEXT),
+            first_byte_seen: false,
+            close_notify_sent: false,
+            peer_closed: false,
+            end_of_stream: false,
+            failed: false,
+        }
+    }
+
+    /// Runs rustls over the records received until it rests: decrypted plaintext goes to
+    /// `plaintext`, records it makes (handshake messages, alerts, tickets, key updates) to
+    /// `outgoing`. Each call of `process_tls_records` says how many received bytes it is done
+    /// with; those are discarded before the next.
+    pub(super) fn advance(&mut self) -> Result<Rest, rustls::Error> {
+        let buffers = &mut self.buffers;
+        loop {
+            let UnbufferedStatus { discard, state } = self.session.process_tls_records(&mut buffers.incoming);
+            let rest = match state {
+                Err(error) => Err(error),
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    let mut result = Ok(None);
+                    while let Some(record) = traffic.next_record() {
+                        match record {
+                            Ok(record) => buffers.plaintext.extend_from_slice(record.payload),
+                            Err(error) => result = Err(error),
+                        }
+                    }
+                    result
+                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    let mut room = 1024;
+                    loop {
+                        let start = buffers.outgoing.len();
+                        buffers.outgoing.resize(start + room, 0);
+                        match encode.encode(&mut buffers.outgoing[start..]) {
+                            Ok(count) => break buffers.outgoing.truncate(start + count),
+                            Err(EncodeError::InsufficientSize(needed)) => {
+                                buffers.outgoing.truncate(start);
+                                room = needed.required_size;
+                            }
+                            Err(EncodeError::AlreadyEncoded) => break buffers.outgoing.truncate(start),
+                        }
+                    }
+                    Ok(None)
+                }
+                // The records are in `outgoing`; the caller writes them.
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    transmit.done();
+                    Ok(None)
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    self.peer_closed = true;
+                    Ok(None)
+                }
+                Ok(ConnectionState::ReadEarlyData(mut early)) => {
+                    // The configuration accepts no early data; none should come. Dropped if it does.
+                    while early.next_record().is_some() {}
+                    Ok(None)
+                }
+                Ok(ConnectionState::WriteTraffic(_)) => Ok(Some(Rest::Traffic)),
+                Ok(ConnectionState::Closed) => Ok(Some(Rest::Closed)),
+                Ok(_) => Ok(Some(Rest::NeedInput)),
+            };
+            buffers.incoming.drain(..discard);
+            match rest {
+                Ok(None) => {}
+                Ok(Some(rest)) => return Ok(rest),
+                Err(error) => {
+                    self.failed = true;
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// After a failure: rustls made an alert for the client; put it among the records to write.
+    pub(super) fn collect_alert(&mut self) {
+        for _ in 0..4 {
+            let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    let start = self.buffers.outgoing.len();
+                    self.buffers.outgoing.resize(start + 64, 0);
+                    match encode.encode(&mut self.buffers.outgoing[start..]) {
+                        Ok(count) => self.buffers.outgoing.truncate(start + count),
+                        Err(_) => self.buffers.outgoing.truncate(start),
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => return,
+            }
+        }
+    }
+
+    /// Encrypts `plaintext` as one record onto `outgoing` (or, with `close`, a `close_notify`
+    /// instead), once rustls rests in the traffic state: call `advance` first.
+    pub(super) fn encrypt(&mut self, plaintext: &[u8], close: bool) -> io::Result<()> {
+        let outgoing = &mut self.buffers.outgoing;
+        let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
+        let Ok(ConnectionState::WriteTraffic(mut traffic)) = state else {
+            return Err(io::Error::other("TLS cannot send application data now"));
+        };
+        let mut room = plaintext.len() + 64;
+        loop {
+            let start = outgoing.len();
+            outgoing.resize(start + room, 0);
+            let result = if close {
+                traffic.queue_close_notify(&mut outgoing[start..])
+            } else {
+                traffic.encrypt(plaintext, &mut outgoing[start..])
+            };
+            match result {
+                Ok(count) => {
+                    outgoing.truncate(start + count);
+                    return Ok(());
+                }
+                Err(EncryptError::InsufficientSize(needed)) => {
+                    outgoing.truncate(start);
+                    room = needed.required_size;
+                }
+                Err(error) => {
+                    outgoing.truncate(start);
+                    return Err(io::Error::other(error.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Reads more records from `tcp` and runs rustls over them. `Ok(())` when rustls has
+    /// rested; `WouldBlock` when the socket has nothing more.
+    pub(super) fn receive(&mut self, tcp: &mut TcpStream) -> io::Result<()> {
+        if !self.first_byte_seen {
+            self.first_byte_seen = check_first_byte(tcp)?;
+        }
+        let incoming = &mut self.buffers.incoming;
+        if incoming.len() >= MAX_INCOMING_BYTES {
+            return Err(io::Error::new(
+                ErrorKind::InvalidData,
+                "a TLS record or handshake message too large",
+            ));
+        }
+        let start = incoming.len();
+        incoming.resize(start + READ_BYTES, 0);
+        match tcp.read(&mut incoming[start..]) {
+            Ok(count) => {
+                incoming.truncate(start + count);
+                self.end_of_stream = count == 0;
+            }
+            Err(error) => {
+                incoming.truncate(start);
+                if incoming.is_empty() {
+                    // Nothing partial waits: an idle connection holds no read buffer.
+                    *incoming = Vec::new();
+                }
+                return Err(error);
+            }
+        }
+        if let Err(error) = self.advance() {
+            self.collect_alert();
+            return Err(refused(error));
+        }
+        Ok(())
+    }
+
+    /// Hands out decrypted plaintext, if there is some; frees the buffer once it is all read.
+    pub(super) fn take_plaintext(&mut self, buffer: &mut [u8]) -> usize {
+        let buffers = &mut self.buffers;
+        let waiting = buffers.plaintext.get(buffers.plaintext_read..).unwrap_or_default();
+        let count = waiting.len().min(buffer.len());
+        buffer[..count].copy_from_slice(&waiting[..count]);
+        buffers.plaintext_read += count;
+        if buffers.plaintext_read == buffers.plaintext.len() {
+            buffers.plaintext = Vec::new();
+            buffers.plaintext_read = 0;
+        }
+        count
+    }
+}
+
+/// Writes `buffers.outgoing` to `tcp` until all of it is out (`Ok`) or the socket would block.
+pub(super) fn write_records(tcp: &mut TcpStream, buffers: &mut Buffers) -> io::Result<()> {
+    while buffers.outgoing_written < buffers.outgoing.len() {
+        match tcp.write(&buffers.outgoing[buffers.outgoing_written..]) {
+            Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "the socket took no bytes")),
+            Ok(count) => buffers.outgoing_written += count,
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    // All written: give the memory back.
+    buffers.outgoing = Vec::new();
+    buffers.outgoing_written = 0;
+    Ok(())
+}
+
+/// `Ok` for `WouldBlock`: for writes that may wait for WRITABLE.
+pub(super) fn unless_would_block(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(error) if error.kind() == ErrorKind::WouldBlock => Ok(()),
+        other => other,
+    }
+}
+
+/// A client that sends plain HTTP to a TLS port is told so in plain HTTP, instead of an alert it
+/// cannot read. One `peek` per connection; returns whether the first byte has come.
+fn check_first_byte(tcp: &TcpStream) -> io::Result<bool> {
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first)? {
+        0 => Ok(false),
+        _ if first[0] == HANDSHAKE_RECORD => Ok(true),
+        _ => Err(io::Error::new(ErrorKind::InvalidData, TlsFailure::NotTls)),
+    }
+}
