@@ -230,6 +230,10 @@ pub struct Cluster {
     /// The node's own channel, and the prefix of room channels, spelled once.
     node_channel: Vec<u8>,
     room_channel_prefix: Vec<u8>,
+    /// The settings every script call passes (`--history-ttl`, `--history`), spelled once rather
+    /// than per message.
+    ttl_arg: String,
+    history_arg: String,
 }
 
 impl Cluster {
@@ -238,6 +242,7 @@ impl Cluster {
         let tag = random.u64(1..(1 << TAG_BITS));
         let node_channel = settings.node_channel().into_bytes();
         let room_channel_prefix = settings.room_channel_prefix().into_bytes();
+        let settings_args = (settings.history_ttl_ms.to_string(), settings.history.to_string());
         info!("cluster: node {} joins through redis://{}/{}", settings.node, settings.redis, settings.db);
         Cluster {
             redis: Redis::new(settings.redis, settings.db),
@@ -264,6 +269,8 @@ impl Cluster {
             events: Vec::new(),
             node_channel,
             room_channel_prefix,
+            ttl_arg: settings_args.0,
+            history_arg: settings_args.1,
         }
     }
 
@@ -305,11 +312,13 @@ impl Cluster {
         if let Some(member) = self.requester_mut(pending.requester()) {
             member.in_flight += 1;
         }
-        let ttl = self.settings.history_ttl_ms.to_string();
-        let history = self.settings.history.to_string();
-        let mut all: Vec<&[u8]> =
-            vec![op.as_bytes(), self.settings.prefix.as_bytes(), self.settings.node.as_bytes()];
-        all.extend([ttl.as_bytes(), history.as_bytes()]);
+        let mut all: Vec<&[u8]> = vec![
+            op.as_bytes(),
+            self.settings.prefix.as_bytes(),
+            self.settings.node.as_bytes(),
+            self.ttl_arg.as_bytes(),
+            self.history_arg.as_bytes(),
+        ];
         all.extend_from_slice(args);
         self.redis.eval(pending, &all, self.now_ms, &mut self.events);
     }
