@@ -11,6 +11,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use super::connection::{Connection, Phase};
+use super::inbox::Inbox;
 use super::outgoing::CHUNK_OVERHEAD;
 use super::stats::{Stats, Traffic};
 use crate::frame::Frame;
@@ -95,6 +96,8 @@ pub struct Connections {
     pub stats: Stats,
     /// Byte counters, shared with every WebSocket's socket wrapper.
     pub traffic: Rc<Traffic>,
+    /// The loop's read buffer, shared likewise.
+    pub inbox: Rc<Inbox>,
 }
 
 impl Connections {
@@ -117,6 +120,7 @@ impl Connections {
             next_serial: 0,
             stats: Stats::default(),
             traffic: Traffic::shared(),
+            inbox: Rc::new(Inbox::new()),
         }
     }
 

@@ -12,6 +12,7 @@ mod connections;
 mod deadlines;
 mod failure;
 mod histogram;
+mod inbox;
 mod outgoing;
 mod pacing;
 mod pre_websocket;
@@ -319,8 +320,24 @@ impl<H: Handler> Reactor<H> {
     }
 
     /// Reads frames until `WouldBlock` (or until the handler holds the connection), handing each
-    /// complete message to the handler.
+    /// complete message to the handler; then keeps what is left in the loop's inbox, if anything,
+    /// with the connection, so that the next connection read starts with an empty inbox.
     fn read_until_would_block(&mut self, token: Token) {
+        self.read_frames(token);
+        let websocket =
+            self.connections.slab.get_mut(token.0).and_then(|connection| match &mut connection.phase {
+                Phase::Open(websocket) | Phase::Closing(websocket) => Some(websocket),
+                _ => None,
+            });
+        match websocket {
+            Some(websocket) => websocket.get_mut().keep_unread(),
+            // Ended while being read: nothing it sent is read any more.
+            None => self.connections.inbox.discard(),
+        }
+    }
+
+    /// The loop of `read_until_would_block`.
+    fn read_frames(&mut self, token: Token) {
         loop {
             let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
             if connection.held {

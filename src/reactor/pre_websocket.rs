@@ -122,7 +122,12 @@ impl<H: Handler> Reactor<H> {
         self.connections.websockets += 1;
         let client = connection.client.ip();
         self.connections.count_address(client);
-        let socket = Socket::new(request.stream, request.head, self.connections.traffic.clone());
+        let socket = Socket::new(
+            request.stream,
+            request.head,
+            self.connections.traffic.clone(),
+            self.connections.inbox.clone(),
+        );
         let result = tungstenite::accept_with_config(socket, Some(self.websocket_config));
         self.continue_handshake(token, target, result);
     }

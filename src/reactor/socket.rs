@@ -1,5 +1,6 @@
 //! A connection's stream (TCP, or TLS over it) as tungstenite sees it. The request head that the reactor already
-//! read (to route the request) is replayed first, then reads go to the socket. Once the WebSocket
+//! read (to route the request) is replayed first, then reads go to the socket through the loop's
+//! [`Inbox`]. Once the WebSocket
 //! is open, writes go to the connection's [`Outgoing`] queue, which the reactor's flush writes
 //! with `writev` once per loop iteration.
 
@@ -8,6 +9,7 @@ use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::rc::Rc;
 
+use super::inbox::Inbox;
 use super::outgoing::{CHUNK_OVERHEAD, Outgoing};
 use super::stats::Traffic;
 use super::transport::Transport;
@@ -17,9 +19,10 @@ use crate::frame::Frame;
 /// its write side.
 pub struct Socket {
     stream: Transport,
-    /// Bytes read from the socket before the WebSocket handshake started: exactly the request
-    /// head, which tungstenite's server handshake parses again. Empty (and unallocated) once
-    /// replayed, which is every connection's state after its handshake.
+    /// Bytes read from the socket and not yet given to tungstenite: the request head, which
+    /// tungstenite's server handshake parses again, or what was left in the loop's inbox when the
+    /// reactor last stopped reading this connection. Empty (and unallocated) once replayed,
+    /// which is nearly every connection's state.
     replay: Vec<u8>,
     /// How much of `replay` tungstenite has consumed.
     replayed: usize,
@@ -32,6 +35,8 @@ pub struct Socket {
     queue_limit: Option<usize>,
     /// The reactor's byte counters.
     traffic: Rc<Traffic>,
+    /// The loop's read buffer.
+    inbox: Rc<Inbox>,
 }
 
 /// Queued bytes past which a queue is written at once rather than at the end of the loop
@@ -54,8 +59,27 @@ impl fmt::Display for SendBufferFull {
 impl Error for SendBufferFull {}
 
 impl Socket {
-    pub fn new(stream: Transport, replay: Vec<u8>, traffic: Rc<Traffic>) -> Self {
-        Socket { stream, replay, replayed: 0, outgoing: Outgoing::default(), queue_limit: None, traffic }
+    pub fn new(stream: Transport, replay: Vec<u8>, traffic: Rc<Traffic>, inbox: Rc<Inbox>) -> Self {
+        Socket {
+            stream,
+            replay,
+            replayed: 0,
+            outgoing: Outgoing::default(),
+            queue_limit: None,
+            traffic,
+            inbox,
+        }
+    }
+
+    /// The reactor stops reading this connection for now: what it read and tungstenite has not
+    /// taken yet moves from the loop's inbox to this connection's own buffer, to be read first
+    /// next time.
+    pub fn keep_unread(&mut self) {
+        if self.replayed > 0 {
+            self.replay.drain(..self.replayed);
+            self.replayed = 0;
+        }
+        self.inbox.take_unread(&mut self.replay);
     }
 
     /// The handshake is done: from now on writes are queued, up to `limit` bytes.
@@ -111,9 +135,9 @@ impl Read for Socket {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         let remaining = self.replay.get(self.replayed..).unwrap_or_default();
         if remaining.is_empty() {
-            let count = self.stream.read(buffer)?;
-            self.traffic.add_in(count);
-            return Ok(count);
+            let fetched = self.inbox.read_from(&mut self.stream, buffer)?;
+            self.traffic.add_in(fetched.from_stream);
+            return Ok(fetched.copied);
         }
         let count = remaining.len().min(buffer.len());
         buffer[..count].copy_from_slice(&remaining[..count]);
