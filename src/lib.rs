@@ -81,6 +81,7 @@ pub mod proxy;
 pub mod reactor;
 pub mod timer;
 pub mod tls;
+pub mod token_map;
 
 pub use chat::Chat;
 pub use config::Config;

@@ -13,12 +13,14 @@ pub mod signed;
 pub(crate) mod web;
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use mio::Token;
 
 use crate::auth::Identity;
 use crate::handler::{CloseCode, Handler, Message, Outbox, Refusal, RequestHead, Stats};
+use crate::token_map::TokenMap;
 use history::HistoryLimit;
 pub use names::{MAX_NAME_CHARS, MAX_ROOM_CHARS};
 use names::{check_name_shape, check_room, guest_name};
@@ -44,9 +46,10 @@ pub struct Chat {
     /// How fast a member may send frames, if limited.
     rate_limit: Option<RateLimit>,
     /// Members by connection.
-    members: HashMap<Token, Member>,
-    /// Every name in use, server-wide, so a nickname is unique and a DM finds its recipient.
-    names: HashMap<String, Token>,
+    members: TokenMap<Member>,
+    /// Every name in use, server-wide, so a nickname is unique and a DM finds its recipient. The
+    /// key is the member's own `name`, not a copy.
+    names: HashMap<Rc<str>, Token>,
     /// Rooms by name, with those kept for a while after their last member left.
     rooms: Rooms,
     /// The id the next member gets. Ids are never reused, unlike connection tokens.
@@ -65,8 +68,9 @@ pub struct Chat {
 /// One connected person.
 struct Member {
     id: u64,
-    name: String,
-    room: String,
+    name: Rc<str>,
+    /// The room's own name (`Room::name`), shared by its members.
+    room: Rc<str>,
     /// The member's allowance under the rate limit, if there is one.
     allowance: Option<TokenBucket>,
     /// The member's token, if it connected with one: its name is the token's, held for it.
@@ -84,7 +88,7 @@ impl Chat {
         };
         Chat {
             rate_limit: None,
-            members: HashMap::new(),
+            members: TokenMap::default(),
             names: HashMap::new(),
             // Epochs must differ from one run of the server to the next: seeded at random.
             rooms: Rooms::new(retention, fastrand::u64(..)),
@@ -190,10 +194,12 @@ impl Chat {
             // A token's name wins over the query's, and over whoever holds it.
             self.claim_name(&identity.name, out);
         }
+        let name: Rc<str> = name.into();
         self.names.insert(name.clone(), token);
         let allowance = self.rate_limit.map(|limit| TokenBucket::full(limit, now));
         let signed = identity.map(|identity| self.token_deadlines.track(token, identity, now));
         let signed_in = signed.is_some();
+        let room = self.rooms.enter(&room).name.clone();
         self.members.insert(token, Member { id, name, room: room.clone(), allowance, signed });
         self.enter_room(token, &room, out);
         let welcome = self.room_snapshot(token, query.resume.as_ref(), |member, room| Event::Welcome {
@@ -253,6 +259,7 @@ impl Chat {
 
     fn rename<O: Outbox>(&mut self, token: Token, name: String, out: &mut O) {
         let Some(member) = self.members.get_mut(&token) else { return };
+        let name: Rc<str> = name.into();
         let old = std::mem::replace(&mut member.name, name.clone());
         self.names.remove(&old);
         self.names.insert(name, token);
@@ -264,8 +271,8 @@ impl Chat {
 
     fn switch_room<O: Outbox>(&mut self, token: Token, room: String, resume: Option<&Resume>, out: &mut O) {
         let Some(member) = self.members.get_mut(&token) else { return };
-        if member.room != room {
-            let old = std::mem::replace(&mut member.room, room.clone());
+        if *member.room != *room {
+            let old = std::mem::replace(&mut member.room, self.rooms.enter(&room).name.clone());
             let (id, name) = (member.id, member.name.clone());
             self.leave_room(&old, UserView { id, name: &name }, out);
             self.enter_room(token, &room, out);

@@ -4,6 +4,7 @@
 //! (Unix milliseconds); the chat asks the reactor to wake it when the next kept room expires.
 
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use mio::Token;
 
@@ -34,6 +35,8 @@ pub struct Retention {
 
 /// One room.
 pub struct Room {
+    /// The room's name, shared with its key in `Rooms` and with its members' records.
+    pub name: Rc<str>,
     /// Members by id; ids grow with arrival, so iteration lists them in order of arrival.
     pub members: BTreeMap<u64, Token>,
     /// Names this room's sequence. A new one is drawn whenever the room is created, so a client
@@ -65,9 +68,9 @@ impl Room {
 
 pub struct Rooms {
     retention: Retention,
-    rooms: HashMap<String, Room>,
+    rooms: HashMap<Rc<str>, Room>,
     /// Rooms without members, longest empty first.
-    empty: BTreeMap<EmptyKey, String>,
+    empty: BTreeMap<EmptyKey, Rc<str>>,
     /// Tells apart rooms emptied in the same millisecond.
     next_empty_serial: u64,
     /// History bytes of every room, plus `EMPTY_ROOM_COST` for each room kept without members.
@@ -123,9 +126,17 @@ impl Rooms {
     pub fn enter(&mut self, name: &str) -> &mut Room {
         if !self.rooms.contains_key(name) {
             let epoch = (0..EPOCH_CHARS).map(|_| self.random.alphanumeric().to_ascii_lowercase()).collect();
-            let room =
-                Room { members: BTreeMap::new(), epoch, seq: 0, history: History::default(), emptied: None };
-            self.rooms.insert(name.to_owned(), room);
+            let name: Rc<str> = name.into();
+            let members = BTreeMap::new();
+            let room = Room {
+                name: name.clone(),
+                members,
+                epoch,
+                seq: 0,
+                history: History::default(),
+                emptied: None,
+            };
+            self.rooms.insert(name, room);
         }
         // Invariant: inserted just above if it was missing.
         let room = self.rooms.get_mut(name).expect("the room exists");
@@ -148,7 +159,7 @@ impl Rooms {
         let key = (now_ms, self.next_empty_serial);
         self.next_empty_serial += 1;
         room.emptied = Some(key);
-        self.empty.insert(key, name.to_owned());
+        self.empty.insert(key, room.name.clone());
         self.bytes += EMPTY_ROOM_COST;
         self.enforce_memory();
     }
@@ -178,7 +189,7 @@ impl Rooms {
     }
 
     /// The room that has been empty longest, if any room is kept empty.
-    fn empty_longest(&self) -> Option<String> {
+    fn empty_longest(&self) -> Option<Rc<str>> {
         self.empty.values().next().cloned()
     }
 

@@ -253,7 +253,7 @@ pub(crate) trait SignedMembers {
     fn signed_mut(&mut self, token: Token) -> Option<&mut Signed>;
 }
 
-impl SignedMembers for std::collections::HashMap<Token, super::Member> {
+impl SignedMembers for crate::token_map::TokenMap<super::Member> {
     fn signed_mut(&mut self, token: Token) -> Option<&mut Signed> {
         self.get_mut(&token)?.signed.as_mut()
     }
