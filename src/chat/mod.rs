@@ -74,7 +74,7 @@ struct Member {
     /// The member's allowance under the rate limit, if there is one.
     allowance: Option<TokenBucket>,
     /// The member's token, if it connected with one: its name is the token's, held for it.
-    signed: Option<Signed>,
+    signed: Option<Box<Signed>>,
 }
 
 impl Chat {

@@ -47,12 +47,13 @@ impl TokenDeadlines {
         self.0.first().map(|&(at, _)| at)
     }
 
-    /// A member's token: its refresh is due `REFRESH_LEAD_MS` before it runs out.
-    pub fn track(&mut self, token: Token, identity: Identity, now_ms: u64) -> Signed {
+    /// A member's token: its refresh is due `REFRESH_LEAD_MS` before it runs out. Boxed: most
+    /// members have no token, and their records should not carry the room for one.
+    pub fn track(&mut self, token: Token, identity: Identity, now_ms: u64) -> Box<Signed> {
         let lead = REFRESH_LEAD_MS.min(identity.expires_at_ms.saturating_sub(now_ms) / 2);
         let deadline = (identity.expires_at_ms - lead, token);
         self.0.insert(deadline);
-        Signed { identity, refresh_sent: false, deadline }
+        Box::new(Signed { identity, refresh_sent: false, deadline })
     }
 
     pub fn forget(&mut self, signed: &Signed) {
@@ -207,7 +208,7 @@ impl Chat {
 pub(crate) fn refresh<O: Outbox>(
     auth: Option<&Auth>,
     deadlines: &mut TokenDeadlines,
-    signed: &mut Option<Signed>,
+    signed: &mut Option<Box<Signed>>,
     token: Token,
     id: Option<&str>,
     fresh: &str,
@@ -255,7 +256,7 @@ pub(crate) trait SignedMembers {
 
 impl SignedMembers for crate::token_map::TokenMap<super::Member> {
     fn signed_mut(&mut self, token: Token) -> Option<&mut Signed> {
-        self.get_mut(&token)?.signed.as_mut()
+        self.get_mut(&token)?.signed.as_deref_mut()
     }
 }
 

@@ -179,7 +179,7 @@ struct Member {
     /// Its entry, until it is sent.
     entry: Option<Entry>,
     allowance: Option<TokenBucket>,
-    signed: Option<Signed>,
+    signed: Option<Box<Signed>>,
     /// Its requests waiting for Redis.
     in_flight: u32,
     /// Whether the node stopped reading from it until those are answered.
@@ -188,7 +188,7 @@ struct Member {
 
 impl SignedMembers for HashMap<Token, Member> {
     fn signed_mut(&mut self, token: Token) -> Option<&mut Signed> {
-        self.get_mut(&token)?.signed.as_mut()
+        self.get_mut(&token)?.signed.as_deref_mut()
     }
 }
 
