@@ -442,6 +442,8 @@ fn run_room(
         record["max_pass_others"] = serde_json::to_value(&step.others).expect("serializes");
     }
     record["max_pass_loadgen_cpu_share"] = json!(best_step.map(|step| step.loadgen_cpu_share));
+    record["max_pass_loadgen_cpu_per_delivery_ns"] =
+        json!(best_step.and_then(|step| step.loadgen_cpu_per_delivery_ns));
     record["first_fail_rate"] = json!(
         steps
             .iter()
@@ -494,7 +496,7 @@ fn recover(session: &mut Session) -> Result<(), String> {
 
 fn print_steps(steps: &[StepReport]) {
     eprintln!(
-        "{:>8} {:>11} {:>11} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8} {:>9} {:>7} {:>7} {:>5}",
+        "{:>8} {:>11} {:>11} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8} {:>9} {:>7} {:>7} {:>8} {:>5}",
         "msg/s",
         "offered d/s",
         "deliv d/s",
@@ -508,12 +510,13 @@ fn print_steps(steps: &[StepReport]) {
         "srv us/d",
         "lg CPU",
         "lg d/rd",
+        "lg ns/d",
         "pass"
     );
     for step in steps {
         let pct = |share: Option<f64>| share.map_or("-".to_owned(), |s| format!("{:.0}%", s * 100.0));
         eprintln!(
-            "{:>8.0} {:>11.0} {:>11.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>6} {:>8} {:>9} {:>7} {:>7.1} {:>5}",
+            "{:>8.0} {:>11.0} {:>11.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>6} {:>8} {:>9} {:>7} {:>7.1} {:>8} {:>5}",
             step.rate,
             step.offered_deliveries_per_sec,
             step.deliveries_per_sec,
@@ -527,6 +530,7 @@ fn print_steps(steps: &[StepReport]) {
             step.server_cpu_us_per_delivery.map_or("-".to_owned(), |us| format!("{us:.3}")),
             pct(Some(step.loadgen_cpu_share)),
             step.loadgen_deliveries_per_read,
+            step.loadgen_cpu_per_delivery_ns.map_or("-".to_owned(), |ns| format!("{ns:.0}")),
             match step.pass {
                 Some(true) => "yes",
                 Some(false) => "NO",

@@ -234,6 +234,10 @@ pub struct StepReport {
     pub loadgen_reads: u64,
     pub loadgen_deliveries_per_read: f64,
     pub loadgen_us_per_read: f64,
+    /// The load generator's CPU per delivery it received in the CPU window, nanoseconds: what
+    /// reading, parsing and checking one delivery costs it (kernel included). `None` without
+    /// deliveries.
+    pub loadgen_cpu_per_delivery_ns: Option<f64>,
     /// CPU used by everything else on the machine during the CPU window, in cores (noise; needs
     /// --server-pid).
     pub other_cpu_share: Option<f64>,
@@ -576,6 +580,8 @@ impl Session {
             loadgen_reads: reads,
             loadgen_deliveries_per_read: cpu_window_deliveries as f64 / reads.max(1) as f64,
             loadgen_us_per_read: own_cpu * 1e6 / reads.max(1) as f64,
+            loadgen_cpu_per_delivery_ns: (cpu_window_deliveries > 0)
+                .then(|| own_cpu * 1e9 / cpu_window_deliveries as f64),
             other_cpu_share: match (server_cpu, machine_start, machine_end) {
                 (Some(server), Some(start), Some(end)) => {
                     Some(((end - start) - server - own_cpu - everything_else).max(0.0) / window_secs)
