@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::net::{Engine, Handler, Target};
 use crate::procfs;
-use crate::proto::{Kind, classify, message_text};
+use crate::proto::{Kind, Reader, message_text};
 use crate::stats::{Summary, bump};
 
 pub struct RoomSpec {
@@ -86,6 +86,8 @@ struct Tracker {
     window: (u64, u64),
     window_deliveries: u64,
     latency: Histogram<u64>,
+    /// Reads the frames (and remembers where the text field was).
+    reader: Reader,
     /// The node each connection is on (by slab key), and deliveries to each node's members.
     node_of: Vec<usize>,
     delivered_by_node: Vec<u64>,
@@ -111,6 +113,7 @@ impl Tracker {
             window: (u64::MAX, u64::MAX),
             window_deliveries: 0,
             latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
+            reader: Reader::default(),
             node_of: vec![0; members],
             delivered_by_node: Vec::new(),
         }
@@ -136,7 +139,7 @@ impl Tracker {
 
 impl Handler for Tracker {
     fn on_text(&mut self, key: usize, payload: &[u8], now_us: u64) {
-        match classify(payload) {
+        match self.reader.classify(payload) {
             Kind::Message { publisher, seq, sent_us } => {
                 let publisher = publisher as usize;
                 if publisher >= self.n_pubs || key >= self.welcomed.len() {
