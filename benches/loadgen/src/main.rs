@@ -107,8 +107,10 @@ struct Load {
     /// Step the rate up until p99 passes --p99-bound-ms or a message is lost.
     #[arg(long)]
     ramp: bool,
-    /// Ramp rates in messages/s, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "100,200,400,800,1600,3200,6400,12800")]
+    /// Ramp rates in messages/s, comma-separated. The ramp stops at the first failing step (then
+    /// refines), so the list only bounds it: if its last rate passes, the result is the list's
+    /// cap, not the server's (the JSON's `stop_reason` says so).
+    #[arg(long, value_delimiter = ',', default_value = "100,200,400,800,1600,3200,6400,12800,25600,51200")]
     rates: Vec<f64>,
     /// After the first failing ramp step, this many bisection steps (geometric) between the last
     /// passing rate and the failing one.
@@ -355,7 +357,8 @@ fn run_room(
     let mut steps: Vec<StepReport> = Vec::new();
     let mut best: Option<f64> = None;
     let mut first_fail: Option<f64> = None;
-    let mut stop_reason = "every rate passed".to_owned();
+    let mut stop_reason =
+        "every rate passed: the figure is the --rates list's cap, not the server's".to_owned();
     for (i, &rate) in load.rates.iter().enumerate() {
         recover(&mut session)?;
         let warmup = if i == 0 { load.warmup } else { load.step_warmup };
