@@ -325,7 +325,7 @@ mod tests {
             match next(40) {
                 0 | 1 => {
                     let at = 3 + next(text.len() as u64 - 3) as usize;
-                    text[at] = if at % 2 == 0 { b'x' } else { b' ' };
+                    text[at] = if at.is_multiple_of(2) { b'x' } else { b' ' };
                 }
                 2 => text.insert(3, b'0'),
                 3 => text.truncate(text.len() - 1),
