@@ -243,7 +243,7 @@ case_args() {
     case $1 in
         fanout-60) echo fanout --receivers 1000 --publishers 1 --rate 60 "${fixed[@]}" ;;
         fanout-1000) echo fanout --receivers 1000 --publishers 1 --rate 1000 "${fixed[@]}" ;;
-        fanout-ramp) echo fanout --receivers 1000 --publishers 1 "${ramp[@]}" --rates 100,200,400,800,1600,3200,6400,12800 ;;
+        fanout-ramp) echo fanout --receivers 1000 --publishers 1 "${ramp[@]}" --rates 100,200,400,800,1600,3200,6400,12800,25600,51200 ;;
         chat-100) echo chat --clients 100 --rate 500 "${fixed[@]}" ;;
         idle-10k) echo idle --connections 10000 --room-size 100 --concurrency 200 --hold 1 ;;
         tls-handshakes) echo idle --connections 5000 --room-size 1 --concurrency 200 --hold 0.5 ;;

@@ -105,6 +105,12 @@ const FIXED: &[Metric] = &[
         "/result/loadgen_deliveries_per_read",
         1,
     ),
+    info(
+        "loadgen_cpu_per_delivery_ns",
+        "loadgen CPU ns per delivery",
+        "/result/loadgen_cpu_per_delivery_ns",
+        0,
+    ),
     share("other_cpu_share", "other processes' CPU (noise)", "/result/other_cpu_share"),
     // A cluster's runs (receivers spread over two nodes sharing a Redis): the first node's cost
     // is the server CPU per delivery above (per delivery of its own members); these are the
@@ -143,6 +149,12 @@ const RAMP: &[Metric] = &[
         3,
     ),
     share("max_pass_loadgen_cpu_share", "loadgen CPU there", "/max_pass_loadgen_cpu_share"),
+    info(
+        "max_pass_loadgen_cpu_per_delivery_ns",
+        "loadgen CPU ns/delivery there",
+        "/max_pass_loadgen_cpu_per_delivery_ns",
+        0,
+    ),
     share("loadgen_max_cpu_share", "loadgen CPU, busiest step", "/loadgen_max_cpu_share"),
     share("max_other_cpu_share", "other processes' CPU, noisiest step", "/max_other_cpu_share"),
     info(

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::net::{Engine, Handler, Target};
 use crate::procfs;
-use crate::proto::{Kind, classify, message_text};
+use crate::proto::{Kind, Reader, message_text};
 use crate::stats::{Summary, bump};
 
 pub struct RoomSpec {
@@ -86,6 +86,8 @@ struct Tracker {
     window: (u64, u64),
     window_deliveries: u64,
     latency: Histogram<u64>,
+    /// Reads the frames (and remembers where the text field was).
+    reader: Reader,
     /// The node each connection is on (by slab key), and deliveries to each node's members.
     node_of: Vec<usize>,
     delivered_by_node: Vec<u64>,
@@ -111,6 +113,7 @@ impl Tracker {
             window: (u64::MAX, u64::MAX),
             window_deliveries: 0,
             latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
+            reader: Reader::default(),
             node_of: vec![0; members],
             delivered_by_node: Vec::new(),
         }
@@ -136,7 +139,7 @@ impl Tracker {
 
 impl Handler for Tracker {
     fn on_text(&mut self, key: usize, payload: &[u8], now_us: u64) {
-        match classify(payload) {
+        match self.reader.classify(payload) {
             Kind::Message { publisher, seq, sent_us } => {
                 let publisher = publisher as usize;
                 if publisher >= self.n_pubs || key >= self.welcomed.len() {
@@ -234,6 +237,10 @@ pub struct StepReport {
     pub loadgen_reads: u64,
     pub loadgen_deliveries_per_read: f64,
     pub loadgen_us_per_read: f64,
+    /// The load generator's CPU per delivery it received in the CPU window, nanoseconds: what
+    /// reading, parsing and checking one delivery costs it (kernel included). `None` without
+    /// deliveries.
+    pub loadgen_cpu_per_delivery_ns: Option<f64>,
     /// CPU used by everything else on the machine during the CPU window, in cores (noise; needs
     /// --server-pid).
     pub other_cpu_share: Option<f64>,
@@ -576,6 +583,8 @@ impl Session {
             loadgen_reads: reads,
             loadgen_deliveries_per_read: cpu_window_deliveries as f64 / reads.max(1) as f64,
             loadgen_us_per_read: own_cpu * 1e6 / reads.max(1) as f64,
+            loadgen_cpu_per_delivery_ns: (cpu_window_deliveries > 0)
+                .then(|| own_cpu * 1e9 / cpu_window_deliveries as f64),
             other_cpu_share: match (server_cpu, machine_start, machine_end) {
                 (Some(server), Some(start), Some(end)) => {
                     Some(((end - start) - server - own_cpu - everything_else).max(0.0) / window_secs)
