@@ -202,7 +202,7 @@ impl Write for Transport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::TcpListener;
     use std::sync::Arc;
     use std::time::Duration;
@@ -214,7 +214,7 @@ mod tests {
     use super::*;
 
     /// A server configuration with a fresh certificate for `localhost`, and a client trusting it.
-    fn configurations() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    pub(in crate::reactor) fn configurations() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let certificate = certified.cert.der().clone();
         let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
