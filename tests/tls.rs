@@ -382,3 +382,22 @@ fn python_ssl_and_websockets_chat_over_wss() {
     assert!(python.wait().unwrap().success());
     assert_eq!(rust.recv_type("left")["user"]["name"], "py");
 }
+
+#[test]
+fn a_websocket_closed_over_tls_ends_with_close_notify() {
+    let pki = Pki::new();
+    let server = start(&pki, "server", &[]);
+    let (mut amy, _) = pki.join(&server, "/?name=amy");
+    amy.socket.close(None).unwrap();
+    loop {
+        match amy.socket.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(error) => panic!("the close handshake: {error}"),
+        }
+    }
+    // rustls reads a close_notify as the end (0), a TCP close without one as UnexpectedEof.
+    let mut rest = Vec::new();
+    let ended = amy.socket.get_mut().read_to_end(&mut rest).map_err(|error| error.to_string());
+    assert_eq!(ended, Ok(0), "the stream after the close handshake");
+}

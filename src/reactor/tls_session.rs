@@ -195,10 +195,7 @@ impl Tls {
         }
         let incoming = &mut self.buffers.incoming;
         if incoming.len() >= MAX_INCOMING_BYTES {
-            return Err(io::Error::new(
-                ErrorKind::InvalidData,
-                "a TLS record or handshake message too large",
-            ));
+            return Err(io::Error::new(ErrorKind::InvalidData, TlsFailure::TooLarge));
         }
         let start = incoming.len();
         incoming.resize(start + READ_BYTES, 0);
