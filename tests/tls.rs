@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::tls::{Pki, Validity};
+use common::tls::{Pki, RawTls13, Validity};
 use common::{DEADLINE, Server};
 use serde_json::json;
 
@@ -107,6 +107,43 @@ fn a_broken_tls_handshake_gets_an_alert_and_a_close() {
         assert!(Instant::now() < give_up, "the failed connection's slot was not freed");
         std::thread::sleep(Duration::from_millis(10)); // Polling the counters; there is no event.
     }
+}
+
+#[test]
+fn a_bad_handshake_message_with_another_behind_it_gets_an_alert_and_the_server_lives() {
+    let pki = Pki::new();
+    let mut server = start(&pki, "server", &[]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    // One handshake record, two messages: an empty ClientHello, then the start of another.
+    // rustls refuses the first while still holding the second (this once panicked the server).
+    stream.write_all(&[0x16, 0x03, 0x01, 0x00, 0x08, 0x01, 0, 0, 0, 0x01, 0, 0, 0]).unwrap();
+    let answer = read_until_closed(&mut stream);
+    assert_eq!(answer.first(), Some(&0x15), "an alert record: {answer:?}");
+    let health = pki.https(&server, b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+    assert!(server.is_running());
+}
+
+#[test]
+fn half_a_key_update_from_a_client_does_not_stop_the_server_writing_to_it() {
+    let pki = Pki::new();
+    let mut server = start(&pki, "server", &[]);
+    let upgrade = b"GET /?name=raw HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+                    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                    Sec-WebSocket-Version: 13\r\n\r\n";
+    let mut raw = RawTls13::connect(&pki, &server, upgrade);
+    // The first two bytes of a key update (RFC 8446 section 4.6.3) in a record of their own;
+    // the rest never comes. The server holds them, and must still be able to write.
+    raw.send(rustls::ContentType::Handshake, &[24, 0]);
+    // bob's join is broadcast to raw: a write to it (this once panicked the server).
+    let (_bob, welcome) = pki.join(&server, "/?name=bob");
+    let names: Vec<&str> =
+        welcome["users"].as_array().unwrap().iter().filter_map(|user| user["name"].as_str()).collect();
+    assert_eq!(names, ["raw", "bob"], "raw is still connected");
+    let health = pki.https(&server, b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+    assert!(server.is_running());
 }
 
 fn tls_stats(pki: &Pki, server: &Server) -> serde_json::Value {
@@ -344,4 +381,23 @@ fn python_ssl_and_websockets_chat_over_wss() {
     assert_eq!(second["text"], "hello from rust");
     assert!(python.wait().unwrap().success());
     assert_eq!(rust.recv_type("left")["user"]["name"], "py");
+}
+
+#[test]
+fn a_websocket_closed_over_tls_ends_with_close_notify() {
+    let pki = Pki::new();
+    let server = start(&pki, "server", &[]);
+    let (mut amy, _) = pki.join(&server, "/?name=amy");
+    amy.socket.close(None).unwrap();
+    loop {
+        match amy.socket.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(error) => panic!("the close handshake: {error}"),
+        }
+    }
+    // rustls reads a close_notify as the end (0), a TCP close without one as UnexpectedEof.
+    let mut rest = Vec::new();
+    let ended = amy.socket.get_mut().read_to_end(&mut rest).map_err(|error| error.to_string());
+    assert_eq!(ended, Ok(0), "the stream after the close handshake");
 }

@@ -505,11 +505,19 @@ impl<H: Handler> Reactor<H> {
 
     /// tungstenite says the close handshake is over. That means its last frame (the reply to
     /// the peer's close frame) is queued, not that it is written: write it, then close the
-    /// socket; if the socket is full, the rest goes out before we hang up.
+    /// socket; if the socket is full, the rest goes out before we hang up. TLS always hangs up:
+    /// its end is a `close_notify` (RFC 8446 section 6.1), without which the client sees a
+    /// truncation, and which a close with unread input could lose to a reset.
     fn finish(&mut self, token: Token) {
         let Some(connection) = self.connections.slab.get_mut(token.0) else { return };
         let flushed = match &mut connection.phase {
-            Phase::Closing(websocket) | Phase::Failing(websocket) => websocket.get_mut().flush(),
+            Phase::Closing(websocket) | Phase::Failing(websocket) => {
+                let socket = websocket.get_mut();
+                if socket.transport().is_tls() {
+                    return self.hang_up(token);
+                }
+                socket.flush()
+            }
             _ => Ok(()),
         };
         match flushed {

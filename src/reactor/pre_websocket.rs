@@ -29,13 +29,17 @@ impl<H: Handler> Reactor<H> {
         if let Err(error) = request.stream.write_records()
             && error.kind() != std::io::ErrorKind::WouldBlock
         {
+            debug!("connection {}: writing the TLS handshake failed: {error}", token.0);
             return self.end(token, Ending::Drop);
         }
         let read = request.read_until_would_block();
         // rustls's wants_write: records the socket has not taken wait for WRITABLE.
         let blocked = request.stream.has_pending_output();
         let route = match read {
-            HeadRead::Gone => return self.end(token, Ending::Drop),
+            HeadRead::Gone(why) => {
+                debug!("connection {}: gone before its request was read: {why}", token.0);
+                return self.end(token, Ending::Drop);
+            }
             HeadRead::NotTls => {
                 debug!("connection {}: not TLS on the TLS port; answering 400 in plain text", token.0);
                 return self.refuse_plain_text(token);

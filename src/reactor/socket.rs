@@ -125,6 +125,11 @@ impl Socket {
         (self.stream, self.outgoing, self.traffic)
     }
 
+    /// The byte stream under the WebSocket: a TCP stream, or TLS over one.
+    pub fn transport(&self) -> &Transport {
+        &self.stream
+    }
+
     /// The TCP stream, for (re)registering with the poll.
     pub fn stream_mut(&mut self) -> &mut mio::net::TcpStream {
         self.stream.tcp_mut()

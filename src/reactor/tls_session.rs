@@ -150,56 +150,41 @@ impl Tls {
     }
 
     /// After a failure: rustls made an alert for the client; put it among the records to write.
+    /// rustls hands out what it queued before it looks at its failed state again, so one more
+    /// `advance` collects the alert (`EncodeTlsData`, `TransmitTlsData`) and then meets the
+    /// error again, or rests. It runs over the real received bytes like every call: rustls's
+    /// deframer may still hold positions into them (a second handshake message in the record
+    /// that failed), and an empty slice in their place made it index out of bounds and panic.
     pub(super) fn collect_alert(&mut self) {
-        for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let start = self.buffers.outgoing.len();
-                    self.buffers.outgoing.resize(start + 64, 0);
-                    match encode.encode(&mut self.buffers.outgoing[start..]) {
-                        Ok(count) => self.buffers.outgoing.truncate(start + count),
-                        Err(_) => self.buffers.outgoing.truncate(start),
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => return,
-            }
-        }
+        let _ = self.advance();
     }
 
     /// Encrypts `plaintext` as one record onto `outgoing` (or, with `close`, a `close_notify`
     /// instead), once rustls rests in the traffic state: call `advance` first.
     pub(super) fn encrypt(&mut self, plaintext: &[u8], close: bool) -> io::Result<()> {
-        let outgoing = &mut self.buffers.outgoing;
-        let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
-        let Ok(ConnectionState::WriteTraffic(mut traffic)) = state else {
-            return Err(io::Error::other("TLS cannot send application data now"));
-        };
-        let mut room = plaintext.len() + 64;
-        loop {
-            let start = outgoing.len();
-            outgoing.resize(start + room, 0);
-            let result = if close {
-                traffic.queue_close_notify(&mut outgoing[start..])
-            } else {
-                traffic.encrypt(plaintext, &mut outgoing[start..])
+        let Tls { session, buffers, .. } = self;
+        // The received bytes go in even though none are new: after the handshake, a handshake
+        // message the client began in one record and has not finished (a key update) stays in
+        // `incoming`, and rustls reads from where it left off in it on every call. (With an
+        // empty slice in their place, rustls 0.23 indexed past its end and panicked.)
+        let (discard, result) = {
+            let UnbufferedStatus { discard, state } = session.process_tls_records(&mut buffers.incoming);
+            let result = match state {
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                    encrypt_onto(&mut buffers.outgoing, plaintext.len() + 64, |room| {
+                        if close {
+                            traffic.queue_close_notify(room)
+                        } else {
+                            traffic.encrypt(plaintext, room)
+                        }
+                    })
+                }
+                _ => Err(io::Error::other("TLS cannot send application data now")),
             };
-            match result {
-                Ok(count) => {
-                    outgoing.truncate(start + count);
-                    return Ok(());
-                }
-                Err(EncryptError::InsufficientSize(needed)) => {
-                    outgoing.truncate(start);
-                    room = needed.required_size;
-                }
-                Err(error) => {
-                    outgoing.truncate(start);
-                    return Err(io::Error::other(error.to_string()));
-                }
-            }
-        }
+            (discard, result)
+        };
+        buffers.incoming.drain(..discard);
+        result
     }
 
     /// Reads more records from `tcp` and runs rustls over them. `Ok(())` when rustls has
@@ -210,10 +195,7 @@ impl Tls {
         }
         let incoming = &mut self.buffers.incoming;
         if incoming.len() >= MAX_INCOMING_BYTES {
-            return Err(io::Error::new(
-                ErrorKind::InvalidData,
-                "a TLS record or handshake message too large",
-            ));
+            return Err(io::Error::new(ErrorKind::InvalidData, TlsFailure::TooLarge));
         }
         let start = incoming.len();
         incoming.resize(start + READ_BYTES, 0);
@@ -269,6 +251,33 @@ pub(super) fn write_records(tcp: &mut TcpStream, buffers: &mut Buffers) -> io::R
     Ok(())
 }
 
+/// Appends what `encrypt` makes to `outgoing`, giving it `room` bytes first and as many as
+/// rustls asks for if that was too few.
+fn encrypt_onto(
+    outgoing: &mut Vec<u8>,
+    mut room: usize,
+    mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> io::Result<()> {
+    loop {
+        let start = outgoing.len();
+        outgoing.resize(start + room, 0);
+        match encrypt(&mut outgoing[start..]) {
+            Ok(count) => {
+                outgoing.truncate(start + count);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(needed)) => {
+                outgoing.truncate(start);
+                room = needed.required_size;
+            }
+            Err(error) => {
+                outgoing.truncate(start);
+                return Err(io::Error::other(error.to_string()));
+            }
+        }
+    }
+}
+
 /// `Ok` for `WouldBlock`: for writes that may wait for WRITABLE.
 pub(super) fn unless_would_block(result: io::Result<()>) -> io::Result<()> {
     match result {
@@ -285,5 +294,125 @@ fn check_first_byte(tcp: &TcpStream) -> io::Result<bool> {
         0 => Ok(false),
         _ if first[0] == HANDSHAKE_RECORD => Ok(true),
         _ => Err(io::Error::new(ErrorKind::InvalidData, TlsFailure::NotTls)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::crypto::cipher::{MessageEncrypter, OutboundChunks, OutboundPlainMessage};
+    use rustls::pki_types::ServerName;
+    use rustls::{
+        ClientConnection, ConnectionTrafficSecrets, ContentType, ProtocolVersion, SupportedCipherSuite,
+    };
+
+    use super::super::transport::tests::configurations;
+    use super::*;
+
+    /// A TLS 1.3 key update (RFC 8446 section 4.6.3): handshake type 24, a one-byte body,
+    /// `update_not_requested`.
+    const KEY_UPDATE: [u8; 5] = [24, 0, 0, 1, 0];
+
+    /// A server session and an in-memory rustls client, handshaken: the client's records handed
+    /// to the server one byte at a time, with an `advance` after each, the server's to the
+    /// client whole. The client can give up its secrets (`RawClient`).
+    fn handshaken() -> (Tls, ClientConnection) {
+        let (server_config, client_config) = configurations();
+        let mut client_config = (*client_config).clone();
+        client_config.enable_secret_extraction = true;
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(client_config.into(), name).unwrap();
+        let mut tls = Tls::new(UnbufferedServerConnection::new(server_config).unwrap(), 1024);
+        for _ in 0..10 {
+            let mut records = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut records).unwrap();
+            }
+            for byte in records {
+                tls.buffers.incoming.push(byte);
+                tls.advance().unwrap();
+            }
+            let replies = std::mem::take(&mut tls.buffers.outgoing);
+            let mut replies = &replies[..];
+            while !replies.is_empty() {
+                client.read_tls(&mut replies).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if !client.is_handshaking() && !client.wants_write() && tls.advance() == Ok(Rest::Traffic) {
+                return (tls, client);
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    /// The client's records from here on, made outside rustls with its traffic secret: rustls's
+    /// client never splits a handshake message across records, which a peer may.
+    struct RawClient {
+        encrypter: Box<dyn MessageEncrypter>,
+        sequence: u64,
+    }
+
+    impl RawClient {
+        fn take_over(client: ClientConnection) -> RawClient {
+            let Some(SupportedCipherSuite::Tls13(suite)) = client.negotiated_cipher_suite() else {
+                panic!("not TLS 1.3");
+            };
+            let (sequence, secrets) = client.dangerous_extract_secrets().unwrap().tx;
+            let (key, iv) = match secrets {
+                ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+                | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+                | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
+                _ => panic!("an AEAD this test does not know"),
+            };
+            RawClient { encrypter: suite.aead_alg.encrypter(key, iv), sequence }
+        }
+
+        /// One encrypted record of `typ` holding `payload`.
+        fn record(&mut self, typ: ContentType, payload: &[u8]) -> Vec<u8> {
+            let payload = OutboundChunks::Single(payload);
+            let message = OutboundPlainMessage { typ, version: ProtocolVersion::TLSv1_2, payload };
+            let record = self.encrypter.encrypt(message, self.sequence).unwrap();
+            self.sequence += 1;
+            record.encode()
+        }
+    }
+
+    #[test]
+    fn a_bad_handshake_message_with_another_behind_it_gets_an_alert_not_a_panic() {
+        let (server_config, _) = configurations();
+        let mut tls = Tls::new(UnbufferedServerConnection::new(server_config).unwrap(), 1024);
+        // One handshake record, two messages: an empty ClientHello (refused), then one that
+        // rustls's deframer holds as positions into `incoming` when the first fails.
+        tls.buffers.incoming.extend_from_slice(&[0x16, 3, 1, 0, 8, 1, 0, 0, 0, 1, 0, 0, 0]);
+        assert!(tls.advance().is_err());
+        tls.collect_alert();
+        let alert = &tls.buffers.outgoing;
+        assert_eq!(alert.first(), Some(&0x15), "an alert record: {alert:?}");
+        assert_eq!(alert.get(5), Some(&2), "a fatal alert: {alert:?}");
+    }
+
+    #[test]
+    fn half_a_key_update_does_not_stop_the_server_writing() {
+        let (mut tls, client) = handshaken();
+        let mut raw = RawClient::take_over(client);
+        tls.buffers.incoming.extend(raw.record(ContentType::Handshake, &KEY_UPDATE[..2]));
+        assert_eq!(tls.advance(), Ok(Rest::Traffic));
+        // The beginning of the message waits in `incoming`; writing must not disturb it.
+        tls.encrypt(b"a heartbeat", false).unwrap();
+        tls.encrypt(b"a broadcast", false).unwrap();
+        tls.buffers.incoming.extend(raw.record(ContentType::Handshake, &KEY_UPDATE[2..]));
+        assert_eq!(tls.advance(), Ok(Rest::Traffic));
+        assert!(tls.buffers.incoming.is_empty(), "the key update was taken whole");
+        tls.encrypt(b"after the update", false).unwrap();
+    }
+
+    #[test]
+    fn half_a_key_update_does_not_stop_the_close_notify() {
+        let (mut tls, client) = handshaken();
+        let mut raw = RawClient::take_over(client);
+        tls.buffers.incoming.extend(raw.record(ContentType::Handshake, &KEY_UPDATE[..1]));
+        assert_eq!(tls.advance(), Ok(Rest::Traffic));
+        // What `shutdown_write` does once the close handshake is over.
+        tls.encrypt(&[], true).unwrap();
+        assert!(!tls.buffers.outgoing.is_empty(), "the close_notify is queued");
     }
 }

@@ -12,6 +12,7 @@
 //! broadcast frame stays one shared encoding in every queue, and each recipient encrypts its own
 //! copy only when its socket takes it.
 
+use std::cell::RefCell;
 use std::error::Error;
 use std::fmt;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
@@ -21,6 +22,12 @@ use mio::net::TcpStream;
 use rustls::server::UnbufferedServerConnection;
 
 use super::tls_session::{MAX_RECORD_PLAINTEXT, Rest, Tls, unless_would_block, write_records};
+
+thread_local! {
+    /// Where `write_tls` joins several small pieces into one record's plaintext (at most
+    /// `MAX_RECORD_PLAINTEXT` bytes, reserved once).
+    static GATHERED: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(MAX_RECORD_PLAINTEXT));
+}
 
 pub struct Transport {
     tcp: TcpStream,
@@ -36,6 +43,9 @@ pub enum TlsFailure {
     NotTls,
     /// rustls refused what the client sent; its alert is queued for the client.
     Refused(rustls::Error),
+    /// A record or handshake message larger than this server holds for a client
+    /// (`MAX_INCOMING_BYTES`), refused without an alert.
+    TooLarge,
 }
 
 impl fmt::Display for TlsFailure {
@@ -43,6 +53,7 @@ impl fmt::Display for TlsFailure {
         match self {
             TlsFailure::NotTls => formatter.write_str("not TLS (plain HTTP on the TLS port?)"),
             TlsFailure::Refused(error) => write!(formatter, "TLS: {error}"),
+            TlsFailure::TooLarge => formatter.write_str("TLS: a handshake message larger than a record"),
         }
     }
 }
@@ -76,6 +87,17 @@ impl Transport {
     /// The same socket without TLS, to answer a client that does not speak it in plain text.
     pub fn into_plain(self) -> Transport {
         Transport::plain(self.tcp)
+    }
+
+    /// Whether this is TLS, whose end is a `close_notify` and not only the TCP stream's.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether rustls refused the connection: nothing more can be read or sent through it
+    /// (only the alert it made, if still waiting).
+    pub fn tls_failed(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.failed)
     }
 
     /// Whether records wait for the socket to take them (rustls's "wants write").
@@ -130,7 +152,15 @@ impl Transport {
             match tls.receive(tcp) {
                 Ok(()) => {}
                 Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error),
+                Err(error) => {
+                    // A refusal's alert goes out before the error does: a connection that fails
+                    // once open is dropped at once, and its alert would be lost with it. If the
+                    // socket cannot take it now, it is lost; the refusal is what matters here.
+                    if tls.failed {
+                        let _ = write_records(tcp, &mut tls.buffers);
+                    }
+                    return Err(error);
+                }
             }
             // The handshake's replies go out as soon as they are made.
             unless_would_block(write_records(tcp, &mut tls.buffers))?;
@@ -155,28 +185,30 @@ impl Transport {
             Ok(Rest::Closed) => return Err(ErrorKind::BrokenPipe.into()),
             Err(error) => return Err(refused(error)),
         }
-        // One record from as many pieces as fit: gathered on the stack unless one piece will do.
+        // One record from as many pieces as fit. One piece is encrypted where it is; several are
+        // first copied into one scratch buffer for the whole thread (the reactor's), which keeps
+        // its capacity, so a gathered write neither allocates nor zeroes 16 KiB each time.
         let limit = tls.buffer_limit;
-        let mut gathered = [0u8; MAX_RECORD_PLAINTEXT];
-        let plaintext: &[u8] = match pieces.iter().find(|piece| !piece.is_empty()) {
-            None => return Ok(0),
-            Some(first) if first.len() >= limit || pieces.len() == 1 => &first[..first.len().min(limit)],
-            Some(_) => {
-                let mut length = 0;
+        let Some(first) = pieces.iter().find(|piece| !piece.is_empty()) else { return Ok(0) };
+        let taken = if first.len() >= limit || pieces.len() == 1 {
+            let plaintext = &first[..first.len().min(limit)];
+            tls.encrypt(plaintext, false)?;
+            plaintext.len()
+        } else {
+            GATHERED.with_borrow_mut(|gathered| {
+                gathered.clear();
                 for piece in pieces {
-                    let count = piece.len().min(limit - length);
-                    gathered[length..length + count].copy_from_slice(&piece[..count]);
-                    length += count;
-                    if length == limit {
+                    let count = piece.len().min(limit - gathered.len());
+                    gathered.extend_from_slice(&piece[..count]);
+                    if gathered.len() == limit {
                         break;
                     }
                 }
-                &gathered[..length]
-            }
+                tls.encrypt(gathered, false).map(|()| gathered.len())
+            })?
         };
-        tls.encrypt(plaintext, false)?;
         unless_would_block(write_records(tcp, &mut tls.buffers))?;
-        Ok(plaintext.len())
+        Ok(taken)
     }
 }
 
@@ -202,7 +234,7 @@ impl Write for Transport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::TcpListener;
     use std::sync::Arc;
     use std::time::Duration;
@@ -214,7 +246,7 @@ mod tests {
     use super::*;
 
     /// A server configuration with a fresh certificate for `localhost`, and a client trusting it.
-    fn configurations() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    pub(in crate::reactor) fn configurations() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let certificate = certified.cert.der().clone();
         let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());

@@ -171,3 +171,47 @@ impl Pki {
         String::from_utf8_lossy(&response).into_owned()
     }
 }
+
+/// A TLS 1.3 client that has taken its traffic secret out of rustls, to send records rustls's
+/// client never would (a handshake message split across records).
+pub struct RawTls13 {
+    pub tcp: TcpStream,
+    encrypter: Box<dyn rustls::crypto::cipher::MessageEncrypter>,
+    sequence: u64,
+}
+
+impl RawTls13 {
+    /// Connects over TLS 1.3, sends `request`, and takes over the connection's sending side.
+    pub fn connect(pki: &Pki, server: &Server, request: &[u8]) -> RawTls13 {
+        use rustls::{ConnectionTrafficSecrets, SupportedCipherSuite};
+
+        let mut config = (*pki.client_config(&[&rustls::version::TLS13])).clone();
+        config.enable_secret_extraction = true;
+        let mut stream = pki.connect_with(server, Arc::new(config));
+        stream.write_all(request).unwrap();
+        stream.flush().unwrap();
+        let StreamOwned { conn, sock, .. } = stream;
+        let Some(SupportedCipherSuite::Tls13(suite)) = conn.negotiated_cipher_suite() else {
+            panic!("not TLS 1.3");
+        };
+        let (sequence, secrets) = conn.dangerous_extract_secrets().expect("the traffic secret").tx;
+        let (key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+            | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+            | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
+            _ => panic!("an AEAD this test does not know"),
+        };
+        RawTls13 { tcp: sock, encrypter: suite.aead_alg.encrypter(key, iv), sequence }
+    }
+
+    /// Sends one encrypted record of `typ` holding `payload`.
+    pub fn send(&mut self, typ: rustls::ContentType, payload: &[u8]) {
+        use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+
+        let payload = OutboundChunks::Single(payload);
+        let message = OutboundPlainMessage { typ, version: rustls::ProtocolVersion::TLSv1_2, payload };
+        let record = self.encrypter.encrypt(message, self.sequence).unwrap();
+        self.sequence += 1;
+        self.tcp.write_all(&record.encode()).unwrap();
+    }
+}
