@@ -210,7 +210,9 @@ class Chat:
             elif kind == "who":
                 return event({"type": "users", "room": me.room, "users": self.rooms[me.room].users()})
             else:
-                return error_event("unknown_type", f"unknown type `{kind}`; expected message, who or ping")
+                # Spelled as JavaScript's template string would (null, true, 3), like node-ws.
+                spelled = kind if isinstance(kind, str) else json.dumps(kind)
+                return error_event("unknown_type", f"unknown type `{spelled}`; expected message, who or ping")
         room = self.rooms[me.room]
         room.seq += 1
         message = {
