@@ -19,8 +19,10 @@
 # members, and Redis's CPU per message, are reported apart); tokio-ct
 # and tokio-mt, the tokio baseline on the current-thread and multi-thread runtimes; and, only
 # when asked for (SERVERS="... node-ws", about 2.5 more minutes), node-ws, the Node.js baseline
-# on the `ws` package (benches/node-ws; needs node and npm). Ratios compare wschat with the best
-# of the others.
+# on the `ws` package (benches/node-ws; needs node and npm), and uws, the uWebSockets baseline on
+# socketify, uWS's Python binding, with uWS's pub/sub for the rooms (benches/uws-chat; needs
+# python3; benches/uws-chat/install.sh makes its venv and installs libuv1 if missing). Ratios
+# compare wschat with the best of the others.
 #
 # TLS=1 runs the TLS comparison instead (opt-in, about 6 minutes): wschat-tls, wschat serving
 # wss:// itself (--tls-cert/--tls-key, a throwaway ECDSA P-256 certificate from
@@ -71,6 +73,11 @@ CARGO_TARGET_DIR="$BENCH_TARGET" cargo build --release --quiet --manifest-path "
 if [[ " $SERVERS " == *" node-ws "* ]]; then
     log "installing the Node.js baseline's packages"
     (cd "$ROOT/benches/node-ws" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+UWS_PYTHON="$ROOT/benches/uws-chat/.venv/bin/python"
+if [[ " $SERVERS " == *" uws "* ]]; then
+    log "installing the uWebSockets baseline (libuv1, socketify in benches/uws-chat/.venv)"
+    "$ROOT/benches/uws-chat/install.sh"
 fi
 WSCHAT="${CARGO_TARGET_DIR:-$ROOT/target}/release/wschat"
 TOKIO_CHAT="$BENCH_TARGET/release/tokio-chat"
@@ -205,6 +212,8 @@ start_server() {
         # node cannot raise its own open-files limit; the shell does, then becomes node (same pid).
         node-ws) cmd=(bash -c 'ulimit -n "$(ulimit -Hn)" && exec node "$@"' node-ws \
             "$ROOT/benches/node-ws/server.mjs" --bind 127.0.0.1:0 --max-connections 15000) ;;
+        # server.py raises its own open-files limit to the hard limit.
+        uws) cmd=("$UWS_PYTHON" "$ROOT/benches/uws-chat/server.py" --bind 127.0.0.1:0 --max-connections 15000) ;;
         *) log "unknown server $name"; exit 2 ;;
     esac
     : >"$logfile"
@@ -356,14 +365,19 @@ cat >"$WORK/meta.json" <<JSON
     "loadgen mio": $(json_string "$(lock_version "$BENCH/Cargo.lock" mio)"),
     "hdrhistogram": $(json_string "$(lock_version "$BENCH/Cargo.lock" hdrhistogram)"),
     "node": $(json_string "$(node --version 2>/dev/null || echo none)"),
-    "ws (npm)": $(json_string "$(sed -n 's/.*"ws": "\(.*\)".*/\1/p' "$ROOT/benches/node-ws/package.json")")
+    "ws (npm)": $(json_string "$(sed -n 's/.*"ws": "\(.*\)".*/\1/p' "$ROOT/benches/node-ws/package.json")"),
+    "python (uws)": $(json_string "$("$UWS_PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo none)"),
+    "socketify (PyPI)": $(json_string "$(sed -n 's/^socketify==//p' "$ROOT/benches/uws-chat/requirements.txt")")
   },
   "setup": $(json_string "server pinned to core $SERVER_CPU, loadgen to core $LOADGEN_CPU; wschat ${wschat_flags[*]} (wschat-eager adds --max-write-delay-ms 0); tokio-mt workers: ${tokio_workers:-?}; $REPS runs per server, medians")
 }
 JSON
 
+# The plot is of the fanout ramp; a run without that case (CASES=fanout-60, say) draws none.
+svg_args=()
+if [[ " $CASES " == *" fanout-ramp "* ]]; then svg_args=(--svg "$OUT_DIR/bench.svg"); fi
 "$LOADGEN" report --runs "$RUNS" --meta "$WORK/meta.json" --reference wschat \
-    --variant wschat-eager --variant wschat-redis --variant wschat-cluster --out "$OUT_DIR/bench-results.json" --svg "$OUT_DIR/bench.svg" \
+    --variant wschat-eager --variant wschat-redis --variant wschat-cluster --out "$OUT_DIR/bench-results.json" "${svg_args[@]}" \
     --target fanout-60:server_cpu_us_per_delivery:ratio\<=0.8 \
     --target fanout-1000:server_cpu_us_per_delivery:ratio\<=0.8 \
     --target fanout-ramp:max_sustained_deliveries_per_sec:ratio\>=1.5 \

@@ -50,9 +50,11 @@ if cargo tree -e normal --prefix none | grep -Eq '^(tokio|async-std|smol|futures
     exit 1
 fi
 
-step "benchmark tools: the load generator and the tokio and Node baselines speak the protocol"
+step "benchmark tools: the load generator and the tokio, Node and uWebSockets baselines speak the protocol"
 cargo build --release --bin wschat
 (cd benches/node-ws && npm ci --no-audit --no-fund --loglevel=error)
+# libuv1 (apt-get) and socketify in benches/uws-chat/.venv, where tests/protocol.rs looks for it.
+benches/uws-chat/install.sh
 cargo test --release --manifest-path benches/loadgen/Cargo.toml
 
 step "RFC 6455 conformance (Autobahn fuzzing client against examples/echo)"

@@ -1,7 +1,8 @@
 //! The baselines speak the protocol subset the benchmark uses, exactly as wschat does: the same
 //! checks run against `tokio-chat` (both runtimes), against the Node.js baseline when its
-//! packages are installed (`npm ci` in `benches/node-ws`), and, when it has been built, against
-//! wschat itself (`../../target/release/wschat`, or `WSCHAT_BIN`).
+//! packages are installed (`npm ci` in `benches/node-ws`), against the uWebSockets baseline when
+//! socketify is importable (the venv `benches/uws-chat/.venv`, or the Python in `UWS_PYTHON`), and,
+//! when it has been built, against wschat itself (`../../target/release/wschat`, or `WSCHAT_BIN`).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -144,6 +145,21 @@ fn node_ws_speaks_the_same_protocol_if_installed() {
         return;
     }
     let server = start("node", &[&format!("{directory}/server.mjs"), "--bind", "127.0.0.1:0"]);
+    check(server.port);
+}
+
+#[test]
+fn uws_chat_speaks_the_same_protocol_if_installed() {
+    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/../uws-chat");
+    let python = std::env::var("UWS_PYTHON").unwrap_or_else(|_| format!("{directory}/.venv/bin/python"));
+    let importable = Command::new(&python).args(["-c", "import socketify"]).stderr(Stdio::null()).status();
+    if !importable.is_ok_and(|status| status.success()) {
+        eprintln!(
+            "skipped: socketify does not import in {python} (pip install -r {directory}/requirements.txt, and libuv1)"
+        );
+        return;
+    }
+    let server = start(&python, &[&format!("{directory}/server.py"), "--bind", "127.0.0.1:0"]);
     check(server.port);
 }
 
