@@ -251,6 +251,7 @@ fi
 case_args() {
     case $1 in
         fanout-60) echo fanout --receivers 1000 --publishers 1 --rate 60 "${fixed[@]}" ;;
+        fanout-300) echo fanout --receivers 1000 --publishers 1 --rate 300 "${fixed[@]}" ;;
         fanout-1000) echo fanout --receivers 1000 --publishers 1 --rate 1000 "${fixed[@]}" ;;
         fanout-ramp) echo fanout --receivers 1000 --publishers 1 "${ramp[@]}" --rates 100,200,400,800,1600,3200,6400,12800,25600,51200 ;;
         chat-100) echo chat --clients 100 --rate 500 "${fixed[@]}" ;;
@@ -262,7 +263,7 @@ case_args() {
 if [[ $TLS == 1 ]]; then
     CASES=${CASES:-"tls-handshakes tls-idle-5k fanout-60 fanout-1000"}
 else
-    CASES=${CASES:-"fanout-60 fanout-1000 fanout-ramp chat-100 idle-10k"}
+    CASES=${CASES:-"fanout-60 fanout-300 fanout-1000 fanout-ramp chat-100 idle-10k"}
 fi
 
 # Busy jiffies (user, nice, system, irq, softirq) of the whole machine.
@@ -381,11 +382,14 @@ if [[ " $CASES " == *" fanout-ramp "* ]]; then svg_args=(--svg "$OUT_DIR/bench.s
     --target fanout-60:server_cpu_us_per_delivery:ratio\<=0.8 \
     --target fanout-1000:server_cpu_us_per_delivery:ratio\<=0.8 \
     --target fanout-ramp:max_sustained_deliveries_per_sec:ratio\>=1.5 \
-    --target idle-10k:rss_per_connection_bytes:value\<=2048 \
+    --target idle-10k:rss_per_connection_bytes:value\<=1024 \
     --target idle-10k:connections_per_sec:ratio\>=1.0 \
     --target fanout-1000:server_cpu_us_per_delivery:wschat-redis/wschat\<=1.2 \
     --target fanout-60:server_cpu_us_per_delivery:wschat-cluster/wschat\<=1.2 \
-    --target fanout-1000:server_cpu_us_per_delivery:wschat-cluster/wschat\<=1.2
+    --target fanout-1000:server_cpu_us_per_delivery:wschat-cluster/wschat\<=1.2 \
+    --target fanout-60:server_cpu_us_per_delivery:wschat/uws\<=1.0 \
+    --target fanout-300:server_cpu_us_per_delivery:wschat/uws\<=0.6 \
+    --target idle-10k:rss_per_connection_bytes:wschat/uws\<=1.0
 echo
 echo "machine: $(nproc) cores, $cpu_model; $(date -u +%Y-%m-%d); $(rustc --version); wschat $commit"
 echo "runs: $total in $((elapsed / 60)) min $((elapsed % 60)) s (plus the report)"
