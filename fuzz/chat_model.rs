@@ -621,9 +621,11 @@ impl Model {
                     return self.reject(slot, "invalid_room", id);
                 }
                 if room != member.room {
+                    // The room it goes to is taken back first, so leaving the old one never
+                    // makes the memory bound drop it.
                     self.members.get_mut(&slot).expect("open").room = room.to_string();
-                    self.leave(&member, &member.room, now);
                     self.enter(slot, &room);
+                    self.leave(&member, &member.room, now);
                 }
                 let event = self.snapshot("room", slot, resume.as_ref());
                 self.expect(slot, event);

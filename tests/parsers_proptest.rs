@@ -1238,6 +1238,30 @@ fn past_the_memory_bound_the_room_empty_longest_goes_first_then_the_largest_hist
 }
 
 #[test]
+fn moving_into_a_room_kept_empty_takes_it_back_before_the_old_room_is_kept() {
+    // `a` (one message, about 85 bytes, plus 256) and `x` (256) are kept empty within 700 bytes;
+    // a third room kept empty would not fit. Moving from `b` back into `a` must not cost `a`,
+    // though it has been empty longest: `b` is kept only once `a` is taken back.
+    let settings = Settings { history_memory: 700, ttl_ms: 60_000, ..Settings::default() };
+    let ops = [
+        Op::Open { slot: 0, target: "/?name=al&room=a".into() },
+        say(0, r#"{"type":"message","text":"m1","id":"1"}"#),
+        Op::Rejoin { slot: 0, room: Some("b".into()), ask: ask(Since::Absent, EpochAsk::Absent), id: None },
+        Op::Open { slot: 1, target: "/?name=xi&room=x".into() },
+        Op::Close { slot: 1 },
+        Op::Rejoin { slot: 0, room: Some("a".into()), ask: ask(Since::Number(0), EpochAsk::Seen), id: None },
+        reconnect(1, Since::Number(0), EpochAsk::Seen),
+    ];
+    let transcript = chat_model::run(settings, &ops);
+    let back_in_a = transcript.iter().find(|(step, to, _)| *step == 5 && *to == 0).map(|(_, _, event)| event);
+    let back_in_a = back_in_a.expect("a room event");
+    assert_eq!((&back_in_a["room"], &back_in_a["recovered"]), (&json!("a"), &json!(true)));
+    assert_eq!(texts(back_in_a), ["m1"]);
+    let back_in_x = last_step_to(&transcript, 1)[0];
+    assert_eq!((&back_in_x["room"], &back_in_x["recovered"]), (&json!("x"), &json!(true)), "`x` stayed kept");
+}
+
+#[test]
 fn of_two_histories_as_large_the_first_room_by_name_loses_its_older_half() {
     // Two rooms alike but for their names, each with two messages of 94 bytes: 376 bytes, one
     // over the bound once the second room has its second message.

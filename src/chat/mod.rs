@@ -272,6 +272,8 @@ impl Chat {
     fn switch_room<O: Outbox>(&mut self, token: Token, room: String, resume: Option<&Resume>, out: &mut O) {
         let Some(member) = self.members.get_mut(&token) else { return };
         if *member.room != *room {
+            // The room it goes to is taken back from the rooms kept empty before the old one is
+            // left, so the memory bound never drops the room the member is moving into.
             let old = std::mem::replace(&mut member.room, self.rooms.enter(&room).name.clone());
             let (id, name) = (member.id, member.name.clone());
             self.leave_room(&old, UserView { id, name: &name }, out);
