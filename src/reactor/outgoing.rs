@@ -1,14 +1,14 @@
 //! The bytes waiting to be written to one socket, in the order they were queued: frames shared
 //! with the other recipients of a broadcast, and bytes of the connection's own (tungstenite's
-//! pongs and close frames, an HTTP response). One `writev` writes as many of them as the socket
-//! takes.
+//! pongs and close frames, an HTTP response). One gathered write (`sendmsg` with many pieces, like
+//! `writev`) writes as many of them as the socket takes.
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, IoSlice, Write};
 
 use crate::frame::Frame;
 
-/// The most pieces one `writev` is given (Linux allows 1024). 64 frames of a chat's typical size
+/// The most pieces one gathered write is given (Linux allows 1024). 64 frames of a chat's typical size
 /// are already more than one write of a socket's default send buffer.
 const MAX_PIECES_PER_WRITE: usize = 64;
 

@@ -1,5 +1,5 @@
 //! When the loop writes. Each flush round writes every connection with queued output, one
-//! `writev` each, and on loopback a write costs about as much whether it carries one frame or
+//! gathered write each, and on loopback a write costs about as much whether it carries one frame or
 //! ten. So when rounds are expensive, the loop holds output back and lets it pile up for the
 //! next round: a round may begin only once twice the last round's duration has passed since the
 //! last round began, so writing takes at most about half the loop's time, and never later than
@@ -7,7 +7,7 @@
 //!
 //! Cheap rounds (a reply, a broadcast to a small room) go out at once. A broadcast to 1,000
 //! members takes about 4 ms of writes on the reference machine; at 1,000 broadcasts a second,
-//! writing each at once would keep the core busy writing one or two frames per `writev`, while
+//! writing each at once would keep the core busy writing one or two frames per write, while
 //! paced rounds carry about eight.
 
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! A connection's stream (TCP, or TLS over it) as tungstenite sees it. The request head that the
 //! reactor already read (to route the request) is replayed first, then reads go to the socket
 //! through the loop's [`Inbox`]. Once the WebSocket is open, writes go to the connection's
-//! [`Outgoing`] queue, which the reactor's flush writes with `writev` once per loop iteration.
+//! [`Outgoing`] queue, which the reactor's flush writes with one gathered write per loop iteration.
 
 use std::error::Error;
 use std::fmt;
