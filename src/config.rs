@@ -83,7 +83,7 @@ pub struct Config {
     /// Writing is paced to take at most half the loop's time: after a round of writes that took
     /// 4 ms, the next waits until 8 ms after it began. Cheap rounds are never held back. 0
     /// writes at the end of every loop iteration.
-    #[arg(long, default_value_t = 10, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000), env = "WSCHAT_MAX_WRITE_DELAY_MS")]
+    #[arg(long, default_value_t = 15, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000), env = "WSCHAT_MAX_WRITE_DELAY_MS")]
     pub max_write_delay_ms: u64,
 
     /// Accept WebSocket upgrades only from this Origin (repeatable), e.g. `https://chat.example`.
@@ -293,7 +293,7 @@ mod tests {
         assert_eq!(config.ping_timeout, Duration::from_secs(10));
         assert_eq!(config.handshake_timeout, Duration::from_secs(10));
         assert_eq!(config.close_timeout, Duration::from_secs(5));
-        assert_eq!(config.max_write_delay_ms, 10);
+        assert_eq!(config.max_write_delay_ms, 15);
         assert_eq!(config.history_ttl, Duration::from_secs(300));
         assert_eq!(config.history_memory, 64 << 20);
         assert_eq!(config.socket_send_buffer, 64 << 10);
