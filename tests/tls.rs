@@ -213,6 +213,32 @@ fn a_tls_client_that_never_reads_is_dropped_and_the_other_gets_everything() {
     assert!(lazy_left || healthy.recv_type("left")["user"]["name"] == "lazy");
 }
 
+/// rustls may hold one record (16 KiB and its framing) for a connection, and that comes out of
+/// `--max-send-buffer`: with 65,536 bytes a TLS client's queue takes 49,088, so an event of about
+/// 55,000 bytes is refused with `too_large` over TLS, while the same limit without TLS carries it.
+#[test]
+fn the_records_rustls_may_hold_come_out_of_the_send_buffer_limit() {
+    let limit = ["--max-send-buffer", "65536"];
+    let pki = Pki::new();
+    let tls = start(&pki, "server", &limit);
+    let (mut amy, _) = pki.join(&tls, "/?name=amy");
+    let (mut bob, _) = pki.join(&tls, "/?name=bob");
+    amy.recv_type("joined");
+    amy.send_json(json!({"type": "message", "text": "x".repeat(40_000), "id": "fits"}));
+    assert_eq!(bob.recv_type("message")["text"].as_str().map(str::len), Some(40_000));
+    amy.send_json(json!({"type": "message", "text": "x".repeat(55_000), "id": "over"}));
+    let error = amy.recv_type("error");
+    assert_eq!((&error["code"], &error["id"]), (&json!("too_large"), &json!("over")), "{error}");
+    bob.assert_nothing_pending();
+
+    let plain = Server::start(&limit);
+    let (mut amy, _) = plain.join("/?name=amy");
+    let (mut bob, _) = plain.join("/?name=bob");
+    amy.recv_type("joined");
+    amy.send_json(json!({"type": "message", "text": "x".repeat(55_000), "id": "over"}));
+    assert_eq!(bob.recv_type("message")["text"].as_str().map(str::len), Some(55_000));
+}
+
 #[test]
 fn sighup_reloads_the_certificate_and_keeps_every_connection() {
     let pki = Pki::new();
