@@ -8,8 +8,8 @@ use std::io::{self, ErrorKind, IoSlice, Write};
 
 use crate::frame::Frame;
 
-/// The most pieces one gathered write is given (Linux allows 1024). 64 frames of a chat's typical size
-/// are already more than one write of a socket's default send buffer.
+/// The most pieces one gathered write is given (Linux allows 1024). 64 frames of a chat's typical
+/// size are already more than one write of a socket's default send buffer.
 const MAX_PIECES_PER_WRITE: usize = 64;
 
 /// What a chunk costs in memory beyond its bytes: its slot in the queue, and for a frame its

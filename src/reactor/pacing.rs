@@ -6,9 +6,9 @@
 //! `--max-write-delay-ms` after it.
 //!
 //! Cheap rounds (a reply, a broadcast to a small room) go out at once. A broadcast to 1,000
-//! members takes about 4 ms of writes on the reference machine; at 1,000 broadcasts a second,
-//! writing each at once would keep the core busy writing one or two frames per write, while
-//! paced rounds carry about eight.
+//! members takes 4 to 9 ms of writes on the project's VM, depending on the hour; at 1,000
+//! broadcasts a second, writing each at once would keep the core busy writing one or two frames
+//! per write, while paced rounds carry about eight to fifteen.
 
 use std::time::{Duration, Instant};
 
