@@ -255,14 +255,7 @@ fn metrics_parse_and_count_what_was_driven() {
     assert!(started <= unix_now && started > unix_now - 60.0, "started at {started}, now {unix_now}");
 
     // Alice closes with 1000; the server's reply echoes it, and she is no longer open.
-    alice.socket.close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })).unwrap();
-    loop {
-        match alice.socket.read() {
-            Ok(_) => {}
-            Err(tungstenite::Error::ConnectionClosed) => break,
-            Err(error) => panic!("closing: {error}"),
-        }
-    }
+    alice.close_and_wait(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }));
     let second = scrape(&server);
     assert_eq!(second.value("wschat_connections_open"), 0.0);
     assert_eq!(

@@ -98,15 +98,8 @@ fn a_client_close_completes_the_handshake_and_the_room_hears_left() {
     let (mut alice, _) = server.join("/?name=alice");
     let (mut bob, _) = server.join("/?name=bob");
     alice.recv_type("joined");
-    bob.socket.close(None).unwrap();
     // The server answers our close frame, then closes the TCP connection.
-    loop {
-        match bob.socket.read() {
-            Ok(_) => {}
-            Err(tungstenite::Error::ConnectionClosed) => break,
-            Err(error) => panic!("the close handshake should finish cleanly: {error}"),
-        }
-    }
+    bob.close_and_wait(None);
     let left = alice.recv_json();
     assert_eq!(left["type"], "left");
     assert_eq!(left["user"]["name"], "bob");

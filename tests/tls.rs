@@ -414,14 +414,7 @@ fn a_websocket_closed_over_tls_ends_with_close_notify() {
     let pki = Pki::new();
     let server = start(&pki, "server", &[]);
     let (mut amy, _) = pki.join(&server, "/?name=amy");
-    amy.socket.close(None).unwrap();
-    loop {
-        match amy.socket.read() {
-            Ok(_) => {}
-            Err(tungstenite::Error::ConnectionClosed) => break,
-            Err(error) => panic!("the close handshake: {error}"),
-        }
-    }
+    amy.close_and_wait(None);
     // rustls reads a close_notify as the end (0), a TCP close without one as UnexpectedEof.
     let mut rest = Vec::new();
     let ended = amy.socket.get_mut().read_to_end(&mut rest).map_err(|error| error.to_string());

@@ -73,7 +73,7 @@ impl Chat {
         build: impl for<'a> FnOnce(&'a Member, RoomView<'a>) -> Event<'a>,
     ) -> Frame {
         // Invariant: callers pass a token they have just inserted or looked up in `members`, and
-        // `enter_room` has just created or found its room.
+        // `Rooms::enter` has just created or found its room.
         let member = &self.members[&token];
         let room = self.rooms.get(&member.room).expect("a member's room exists");
         let missed = resume.and_then(|resume| {

@@ -283,11 +283,11 @@ impl Chat {
         out.send(token, &snapshot);
     }
 
-    /// Adds the member to `room` (creating it, or taking it back from the rooms kept empty) and
-    /// tells the members already there.
+    /// Adds the member to `room`, which `Rooms::enter` has made or taken back from the rooms kept
+    /// empty, and tells the members already there.
     fn enter_room<O: Outbox>(&mut self, token: Token, room: &str, out: &mut O) {
         let Some(member) = self.members.get(&token) else { return };
-        let room = self.rooms.enter(room);
+        let Some(room) = self.rooms.get_mut(room) else { return };
         if !room.members.is_empty() {
             let joined =
                 Event::Joined { room: &member.room, user: UserView { id: member.id, name: &member.name } };

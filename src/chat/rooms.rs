@@ -127,10 +127,9 @@ impl Rooms {
         if !self.rooms.contains_key(name) {
             let epoch = (0..EPOCH_CHARS).map(|_| self.random.alphanumeric().to_ascii_lowercase()).collect();
             let name: Rc<str> = name.into();
-            let members = BTreeMap::new();
             let room = Room {
                 name: name.clone(),
-                members,
+                members: BTreeMap::new(),
                 epoch,
                 seq: 0,
                 history: History::default(),

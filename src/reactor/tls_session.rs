@@ -390,12 +390,19 @@ mod tests {
         assert_eq!(alert.get(5), Some(&2), "a fatal alert: {alert:?}");
     }
 
-    #[test]
-    fn half_a_key_update_does_not_stop_the_server_writing() {
+    /// A handshaken session that has received the first `bytes` of a key update in a record of
+    /// their own, and the client that sent them.
+    fn with_a_key_update_begun(bytes: usize) -> (Tls, RawClient) {
         let (mut tls, client) = handshaken();
         let mut raw = RawClient::take_over(client);
-        tls.buffers.incoming.extend(raw.record(ContentType::Handshake, &KEY_UPDATE[..2]));
+        tls.buffers.incoming.extend(raw.record(ContentType::Handshake, &KEY_UPDATE[..bytes]));
         assert_eq!(tls.advance(), Ok(Rest::Traffic));
+        (tls, raw)
+    }
+
+    #[test]
+    fn half_a_key_update_does_not_stop_the_server_writing() {
+        let (mut tls, mut raw) = with_a_key_update_begun(2);
         // The beginning of the message waits in `incoming`; writing must not disturb it.
         tls.encrypt(b"a heartbeat", false).unwrap();
         tls.encrypt(b"a broadcast", false).unwrap();
@@ -407,10 +414,7 @@ mod tests {
 
     #[test]
     fn half_a_key_update_does_not_stop_the_close_notify() {
-        let (mut tls, client) = handshaken();
-        let mut raw = RawClient::take_over(client);
-        tls.buffers.incoming.extend(raw.record(ContentType::Handshake, &KEY_UPDATE[..1]));
-        assert_eq!(tls.advance(), Ok(Rest::Traffic));
+        let (mut tls, _) = with_a_key_update_begun(1);
         // What `shutdown_write` does once the close handshake is over.
         tls.encrypt(&[], true).unwrap();
         assert!(!tls.buffers.outgoing.is_empty(), "the close_notify is queued");

@@ -54,7 +54,7 @@ impl fmt::Display for TlsFailure {
         match self {
             TlsFailure::NotTls => formatter.write_str("not TLS (plain HTTP on the TLS port?)"),
             TlsFailure::Refused(error) => write!(formatter, "TLS: {error}"),
-            TlsFailure::TooLarge => formatter.write_str("TLS: a handshake message larger than a record"),
+            TlsFailure::TooLarge => formatter.write_str("TLS: a record or handshake message too large"),
         }
     }
 }

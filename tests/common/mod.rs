@@ -302,6 +302,19 @@ impl<S: Read + Write> Client<S> {
         assert_eq!(next["type"], "pong", "unexpected event before the pong: {next}");
     }
 
+    /// Closes with `frame` and reads until the server has answered: the close handshake is over
+    /// when tungstenite reports `ConnectionClosed`.
+    pub fn close_and_wait(&mut self, frame: Option<CloseFrame>) {
+        self.socket.close(frame).unwrap();
+        loop {
+            match self.socket.read() {
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => return,
+                Err(error) => panic!("the close handshake should finish cleanly: {error}"),
+            }
+        }
+    }
+
     /// Waits for the server's close frame and returns it.
     pub fn expect_close(&mut self) -> CloseFrame {
         loop {
